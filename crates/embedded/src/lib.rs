@@ -1,1 +1,1497 @@
-//! placeholder
+//! Hartonomous embedded engine: the zero-setup default store, a directory on disk.
+//!
+//! **Architecture invariant:** the append-only log (`log/*.seg`) is the only source of truth.
+//! Everything else — the hash index, the Hilbert-key index, reference counts, the ingestion
+//! log — is derived from it, checkpointed, and rebuilt on open by replaying the log from the
+//! last checkpoint. A crash at any moment loses at most the frames after the last one fully
+//! written; the next writer cuts the torn tail off.
+//!
+//! **Architecture invariant:** an atom's identity inside the engine is its log offset, and a
+//! composite's children always sit at lower offsets (they are written first), so composites
+//! store children as small deltas and every walk of the DAG is a walk backwards in the log.
+//!
+//! What is deliberately absent: positions, keys and geometry of leaves are not stored (they
+//! follow from the value); segments are not rewritten (removed atoms stay as dead bytes until
+//! a compaction, counted in `stats`).
+
+mod index;
+mod log;
+mod record;
+mod state;
+mod varint;
+
+use hart_core::features::leaf_identity;
+use hart_core::{atom::leaf_hash, AtomKind, Hash, HilbertKey, Modality, Position};
+use hart_store::{
+    AtomRecord, Batch, FsckReport, GcReport, ObjectInfo, ObjectSummary, Session, SourceInfo, Stats,
+    Status, Store, StoreError,
+};
+use index::Runs;
+use log::{Log, LogPos};
+use record::Rec;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use state::{ObjEntry, State, DEAD};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
+
+/// On-disk format version of the embedded store (docs/FORMAT.md).
+pub const STORE_FORMAT: u32 = 1;
+/// Entries in a memtable before a checkpoint moves them into runs.
+const MEM_LIMIT: usize = 384 * 1024;
+/// Log bytes after which a checkpoint is taken, bounding replay on open.
+const CHECKPOINT_BYTES: u64 = 512 << 20;
+/// Log bytes after which the log is fsynced during long ingests.
+const SYNC_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Manifest {
+    format: u32,
+    generation: u64,
+    log: LogPos,
+    state: Option<u64>,
+    hash_runs: Vec<u64>,
+    key_runs: Vec<u64>,
+    next_run: u64,
+}
+
+/// How to open a store.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Open without the writer lock: a consistent snapshot for queries.
+    pub read_only: bool,
+    /// fsync at every commit (default: at checkpoints, every 64 MiB, and on flush/close).
+    pub sync_every_commit: bool,
+}
+
+/// The embedded store.
+pub struct EmbeddedStore {
+    dir: PathBuf,
+    inner: RwLock<Inner>,
+    /// Sessions hold it shared; `gc` takes it exclusively so it never races an ingest.
+    gate: RwLock<()>,
+    opts: OpenOptions,
+    _lock: Option<std::fs::File>,
+}
+
+/// Everything derived from the log.
+#[derive(Default)]
+struct Derived {
+    hmem: FxHashMap<Hash, u64>,
+    kmem: FxHashMap<HilbertKey, u64>,
+    state: State,
+}
+
+struct Inner {
+    dir: PathBuf,
+    log: Log,
+    hruns: Runs<16>,
+    kruns: Runs<8>,
+    d: Derived,
+    manifest: Manifest,
+    poisoned: Option<String>,
+    checkpointed_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BeginInfo {
+    uri: String,
+    modality: Modality,
+    size: Option<u64>,
+    started_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CommitInfo {
+    status: Status,
+    root: Hash,
+    source_hash: Hash,
+    size: u64,
+    created: u64,
+    referenced: u64,
+    skipped: u64,
+    completed_at: u64,
+}
+
+fn corrupt(path: &Path, offset: u64, what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        what: what.into(),
+    }
+}
+
+impl Derived {
+    fn leaf(&mut self, off: u64, modality: Modality, value: &[u8], hash: Hash, pos: &Position) {
+        self.hmem.insert(hash, off);
+        self.kmem.insert(HilbertKey::new(modality, pos), off);
+        self.state.created(off);
+        let c = self.state.counters.at(modality.as_u8());
+        c.leaves += 1;
+        c.leaf_bytes += value.len() as u64;
+    }
+
+    /// A new composite: one reference to each distinct child. Returns how many of those
+    /// children sit below `before` (existed before the current session).
+    fn node(
+        &mut self,
+        off: u64,
+        modality: Modality,
+        hash: Hash,
+        pos: &Position,
+        children: &mut dyn Iterator<Item = u64>,
+        before: u64,
+    ) -> Result<u64, String> {
+        self.hmem.insert(hash, off);
+        self.kmem.insert(HilbertKey::new(modality, pos), off);
+        self.state.created(off);
+        self.state.counters.at(modality.as_u8()).composites += 1;
+        let mut kids: Vec<u64> = children.collect();
+        kids.sort_unstable();
+        kids.dedup();
+        let mut old = 0;
+        for k in kids {
+            if !self.state.incref(k) {
+                return Err(format!("composite at {off} references removed atom at {k}"));
+            }
+            if k < before {
+                old += 1;
+            }
+        }
+        Ok(old)
+    }
+
+    /// Remove an atom at zero references: mark it dead and release its children. Children
+    /// that reach zero are pushed to `zeros`.
+    fn kill(&mut self, log: &Log, off: u64, zeros: &mut Vec<u64>) -> Result<u64, StoreError> {
+        if self.state.refcount(off) != 0 {
+            return Err(corrupt(
+                log.dir(),
+                off,
+                "gc of an atom that is still referenced",
+            ));
+        }
+        let bytes = log
+            .at(off)
+            .ok_or_else(|| corrupt(log.dir(), off, "gc of an atom outside the log"))?;
+        let (rec, len) = record::decode(bytes, off)
+            .ok_or_else(|| corrupt(log.dir(), off, "undecodable record"))?;
+        let (modality, hash, pos) = match rec {
+            Rec::Leaf { modality, value } => {
+                let m = Modality::from_u8(modality)
+                    .map_err(|e| corrupt(log.dir(), off, e.to_string()))?;
+                let c = self.state.counters.at(modality);
+                c.leaves -= 1;
+                c.leaf_bytes -= value.len() as u64;
+                let (h, p) = leaf_identity(m, value);
+                (m, h, p)
+            }
+            Rec::Node {
+                modality,
+                hash,
+                pos,
+                children,
+            } => {
+                let m = Modality::from_u8(modality)
+                    .map_err(|e| corrupt(log.dir(), off, e.to_string()))?;
+                self.state.counters.at(modality).composites -= 1;
+                let mut kids: Vec<u64> = children.collect();
+                kids.sort_unstable();
+                kids.dedup();
+                for k in kids {
+                    match self.state.decref(k) {
+                        Some(0) => zeros.push(k),
+                        Some(_) => {}
+                        None => {
+                            return Err(corrupt(
+                                log.dir(),
+                                k,
+                                "reference count would go below zero",
+                            ))
+                        }
+                    }
+                }
+                (m, hash, pos)
+            }
+            _ => {
+                return Err(corrupt(
+                    log.dir(),
+                    off,
+                    "gc of a record that is not an atom",
+                ))
+            }
+        };
+        if self.hmem.get(&hash) == Some(&off) {
+            self.hmem.remove(&hash);
+        }
+        let key = HilbertKey::new(modality, &pos);
+        if self.kmem.get(&key) == Some(&off) {
+            self.kmem.remove(&key);
+        }
+        self.state.refs.insert(off, DEAD);
+        self.state.counters.dead_atoms += 1;
+        self.state.counters.dead_bytes += len as u64;
+        Ok(len as u64)
+    }
+
+    fn obj_begin(&mut self, id: u64, json: &[u8]) -> Result<(), String> {
+        let b: BeginInfo = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        let info = ObjectInfo {
+            id,
+            uri: b.uri,
+            modality: b.modality,
+            status: Status::Running,
+            root: None,
+            source_hash: None,
+            size: b.size.unwrap_or(0),
+            atoms_created: 0,
+            atoms_referenced: 0,
+            atoms_skipped: 0,
+            started_at: b.started_at,
+            completed_at: None,
+            error: None,
+        };
+        self.state.objects.insert(
+            id,
+            ObjEntry {
+                info,
+                root_off: None,
+            },
+        );
+        self.state.next_object = self.state.next_object.max(id + 1);
+        Ok(())
+    }
+
+    fn obj_commit(&mut self, id: u64, root: u64, json: &[u8]) -> Result<(), String> {
+        let c: CommitInfo = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        let e = self
+            .state
+            .objects
+            .get_mut(&id)
+            .ok_or_else(|| format!("commit of unknown object {id}"))?;
+        e.info.status = c.status;
+        e.info.root = Some(c.root);
+        e.info.source_hash = Some(c.source_hash);
+        e.info.size = c.size;
+        e.info.atoms_created = c.created;
+        e.info.atoms_referenced = c.referenced;
+        e.info.atoms_skipped = c.skipped;
+        e.info.completed_at = Some(c.completed_at);
+        e.root_off = Some(root);
+        if c.status == Status::Completed && !self.state.incref(root) {
+            return Err(format!("object {id} commits removed root at {root}"));
+        }
+        Ok(())
+    }
+
+    fn obj_fail(&mut self, id: u64, msg: &[u8]) -> Result<(), String> {
+        let e = self
+            .state
+            .objects
+            .get_mut(&id)
+            .ok_or_else(|| format!("failure of unknown object {id}"))?;
+        e.info.status = Status::Failed;
+        e.info.error = Some(String::from_utf8_lossy(msg).into_owned());
+        e.info.completed_at = Some(hart_store::now_ms());
+        Ok(())
+    }
+
+    fn obj_delete(&mut self, id: u64) -> Result<(), String> {
+        let e = self
+            .state
+            .objects
+            .get_mut(&id)
+            .ok_or_else(|| format!("delete of unknown object {id}"))?;
+        let was = e.info.status;
+        e.info.status = Status::Deleted;
+        if was == Status::Completed {
+            let root = e.root_off.ok_or("completed object without root")?;
+            self.state
+                .decref(root)
+                .ok_or_else(|| format!("object {id}'s root has no reference to release"))?;
+        }
+        Ok(())
+    }
+
+    /// Apply one record read from the log (replay).
+    fn apply(&mut self, log: &Log, off: u64, rec: Rec<'_>) -> Result<(), StoreError> {
+        let bad = |e: String| corrupt(log.dir(), off, e);
+        match rec {
+            Rec::Leaf { modality, value } => {
+                let m = Modality::from_u8(modality).map_err(|e| bad(e.to_string()))?;
+                let (h, p) = leaf_identity(m, value);
+                self.leaf(off, m, value, h, &p);
+            }
+            Rec::Node {
+                modality,
+                hash,
+                pos,
+                mut children,
+            } => {
+                let m = Modality::from_u8(modality).map_err(|e| bad(e.to_string()))?;
+                self.node(off, m, hash, &pos, &mut children, 0)
+                    .map_err(bad)?;
+            }
+            Rec::ObjBegin { id, json } => self.obj_begin(id, json).map_err(bad)?,
+            Rec::ObjCommit { id, root, json } => self.obj_commit(id, root, json).map_err(bad)?,
+            Rec::ObjFail { id, json } => self.obj_fail(id, json).map_err(bad)?,
+            Rec::ObjDelete { id } => self.obj_delete(id).map_err(bad)?,
+            Rec::Gc { offsets } => {
+                let mut zeros = Vec::new();
+                for o in offsets {
+                    self.kill(log, o, &mut zeros)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn check(&self) -> Result<(), StoreError> {
+        match &self.poisoned {
+            Some(p) => Err(StoreError::Poisoned(p.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn poison<T>(&mut self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &r {
+            self.poisoned = Some(e.to_string());
+        }
+        r
+    }
+
+    #[inline]
+    fn rec(&self, off: u64) -> Result<(Rec<'_>, usize), StoreError> {
+        let bytes = self
+            .log
+            .at(off)
+            .ok_or_else(|| corrupt(&self.dir, off, "atom offset outside the log"))?;
+        record::decode(bytes, off).ok_or_else(|| corrupt(&self.dir, off, "undecodable record"))
+    }
+
+    /// Modality, hash, position and kind of the atom at `off`.
+    fn identity(&self, off: u64) -> Result<(Modality, Hash, Position, AtomKind), StoreError> {
+        match self.rec(off)?.0 {
+            Rec::Leaf { modality, value } => {
+                let m = Modality::from_u8(modality)
+                    .map_err(|e| corrupt(&self.dir, off, e.to_string()))?;
+                let (h, p) = leaf_identity(m, value);
+                Ok((m, h, p, AtomKind::Leaf))
+            }
+            Rec::Node {
+                modality,
+                hash,
+                pos,
+                ..
+            } => Ok((
+                Modality::from_u8(modality).map_err(|e| corrupt(&self.dir, off, e.to_string()))?,
+                hash,
+                pos,
+                AtomKind::Node,
+            )),
+            _ => Err(corrupt(&self.dir, off, "offset does not hold an atom")),
+        }
+    }
+
+    /// Hash of the atom at `off` (cheap for composites, one BLAKE3 block for leaves).
+    #[inline]
+    fn hash_at(&self, off: u64) -> Result<Hash, StoreError> {
+        match self.rec(off)?.0 {
+            Rec::Leaf { modality, value } => Ok(leaf_hash(
+                Modality::from_u8(modality).map_err(|e| corrupt(&self.dir, off, e.to_string()))?,
+                value,
+            )),
+            Rec::Node { hash, .. } => Ok(hash),
+            _ => Err(corrupt(&self.dir, off, "offset does not hold an atom")),
+        }
+    }
+
+    /// Log offset of the live atom with this hash.
+    #[inline]
+    fn find_hash(&self, hash: &Hash) -> Result<Option<u64>, StoreError> {
+        if let Some(&o) = self.d.hmem.get(hash) {
+            if !self.d.state.is_dead(o) {
+                return Ok(Some(o));
+            }
+        }
+        let mut cand = Vec::new();
+        self.hruns
+            .find(hash.0[..16].try_into().expect("16"), &mut cand);
+        for o in cand {
+            if !self.d.state.is_dead(o) && self.hash_at(o)? == *hash {
+                return Ok(Some(o));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Log offset of the live atom with this Hilbert key.
+    fn find_key(&self, key: &HilbertKey) -> Result<Option<u64>, StoreError> {
+        if let Some(&o) = self.d.kmem.get(key) {
+            if !self.d.state.is_dead(o) {
+                return Ok(Some(o));
+            }
+        }
+        let mut cand = Vec::new();
+        self.kruns.find(&key.h_xy.to_be_bytes(), &mut cand);
+        for o in cand {
+            if self.d.state.is_dead(o) {
+                continue;
+            }
+            let (m, _, p, _) = self.identity(o)?;
+            if HilbertKey::new(m, &p) == *key {
+                return Ok(Some(o));
+            }
+        }
+        Ok(None)
+    }
+
+    fn record(&self, off: u64) -> Result<AtomRecord, StoreError> {
+        let (modality, hash, position, kind) = self.identity(off)?;
+        let (value, children) = match self.rec(off)?.0 {
+            Rec::Leaf { value, .. } => (Some(value.to_vec()), Vec::new()),
+            Rec::Node { children, .. } => (
+                None,
+                children
+                    .map(|c| self.hash_at(c))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            _ => unreachable!("identity checked the kind"),
+        };
+        Ok(AtomRecord {
+            hash,
+            modality,
+            kind,
+            value,
+            children,
+            position,
+            key: HilbertKey::new(modality, &position),
+            ref_count: u64::from(self.d.state.refcount(off)),
+        })
+    }
+
+    /// Append a record built by `encode` (which receives the record's offset) and return the
+    /// offset. Poisons the store if the write fails.
+    fn append(&mut self, encode: impl FnOnce(&mut Vec<u8>, u64)) -> Result<u64, StoreError> {
+        let r = self.log.begin_record();
+        let off = self.poison(r)?;
+        encode(self.log.buf(), off);
+        let r = self.log.maybe_write();
+        self.poison(r)?;
+        Ok(off)
+    }
+
+    /// Write the pending frame (visible to readers, safe from a process crash) and sync when
+    /// enough has accumulated or `sync` asks.
+    fn write_frame(&mut self, sync: bool) -> Result<(), StoreError> {
+        let r = if sync || self.log.unsynced() >= SYNC_BYTES {
+            self.log.sync()
+        } else {
+            self.log.write_frame()
+        };
+        self.poison(r)
+    }
+
+    fn maybe_checkpoint(&mut self) -> Result<(), StoreError> {
+        if self.d.hmem.len() >= MEM_LIMIT
+            || self.d.kmem.len() >= MEM_LIMIT
+            || self.log.end().global().saturating_sub(self.checkpointed_at) >= CHECKPOINT_BYTES
+        {
+            let r = self.checkpoint();
+            self.poison(r)?;
+        }
+        Ok(())
+    }
+
+    /// Make the log durable, move memtables into runs, save the state, switch the manifest.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.check()?;
+        self.log.sync()?;
+        let index_dir = self.dir.join("index");
+        let state = &self.d.state;
+        let keep = |o: u64| !state.is_dead(o);
+        let mut obsolete = Vec::new();
+        let mut next = self.manifest.next_run;
+        if !self.d.hmem.is_empty() {
+            let mut e: Vec<([u8; 16], u64)> = self
+                .d
+                .hmem
+                .iter()
+                .filter(|(_, &o)| keep(o))
+                .map(|(h, &o)| (h.0[..16].try_into().expect("16"), o))
+                .collect();
+            e.sort_unstable();
+            obsolete.extend(self.hruns.add(&index_dir, &mut next, e, &keep)?);
+        }
+        if !self.d.kmem.is_empty() {
+            let mut e: Vec<([u8; 8], u64)> = self
+                .d
+                .kmem
+                .iter()
+                .filter(|(_, &o)| keep(o))
+                .map(|(k, &o)| (k.h_xy.to_be_bytes(), o))
+                .collect();
+            e.sort_unstable();
+            obsolete.extend(self.kruns.add(&index_dir, &mut next, e, &keep)?);
+        }
+        self.d.hmem.clear();
+        self.d.kmem.clear();
+        let generation = self.manifest.generation + 1;
+        let state_dir = self.dir.join("state");
+        self.d
+            .state
+            .save(&state_dir.join(format!("state-{generation:08}.bin")))?;
+        let old_state = self.manifest.state;
+        let m = Manifest {
+            format: STORE_FORMAT,
+            generation,
+            log: self.log.end(),
+            state: Some(generation),
+            hash_runs: self.hruns.ids(),
+            key_runs: self.kruns.ids(),
+            next_run: next,
+        };
+        write_manifest(&self.dir, &m)?;
+        self.manifest = m;
+        self.checkpointed_at = self.log.end().global();
+        for p in obsolete {
+            let _ = std::fs::remove_file(p);
+        }
+        if let Some(g) = old_state {
+            let _ = std::fs::remove_file(state_dir.join(format!("state-{g:08}.bin")));
+        }
+        Ok(())
+    }
+}
+
+fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), StoreError> {
+    let path = dir.join("MANIFEST");
+    let tmp = dir.join("MANIFEST.tmp");
+    let json = serde_json::to_vec_pretty(m).map_err(|e| StoreError::Backend(e.to_string()))?;
+    let mut f = std::fs::File::create(&tmp).map_err(|e| StoreError::io("create", &tmp, e))?;
+    f.write_all(&json)
+        .map_err(|e| StoreError::io("write", &tmp, e))?;
+    f.sync_all().map_err(|e| StoreError::io("sync", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| StoreError::io("rename", &tmp, e))?;
+    log::sync_dir(dir)
+}
+
+fn read_manifest(dir: &Path) -> Result<Option<Manifest>, StoreError> {
+    let path = dir.join("MANIFEST");
+    match std::fs::read(&path) {
+        Ok(b) => {
+            let m: Manifest = serde_json::from_slice(&b).map_err(|e| StoreError::NotAStore {
+                path: path.clone(),
+                reason: format!("unreadable MANIFEST: {e}"),
+            })?;
+            if m.format != STORE_FORMAT {
+                return Err(StoreError::Version {
+                    path,
+                    found: m.format,
+                    expected: STORE_FORMAT,
+                });
+            }
+            Ok(Some(m))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io("read", &path, e)),
+    }
+}
+
+impl EmbeddedStore {
+    /// Open (creating if needed) the store in `dir` for reading and writing. Only one writer
+    /// may have a store open at a time; readers need no lock.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, OpenOptions::default())
+    }
+
+    pub fn open_with(dir: &Path, opts: OpenOptions) -> Result<Self, StoreError> {
+        let writable = !opts.read_only;
+        if !dir.exists() {
+            if !writable {
+                return Err(StoreError::NotFound {
+                    what: "store at",
+                    id: format!(
+                        "{} (ingest something first, or pass --store)",
+                        dir.display()
+                    ),
+                });
+            }
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
+        }
+        let lock = if writable {
+            Some(take_lock(dir)?)
+        } else {
+            None
+        };
+        // A reader may race a writer's checkpoint (files renamed away under it): retry.
+        let mut attempt = 0;
+        let inner = loop {
+            match Self::load(dir, writable) {
+                Err(StoreError::Io { source, .. })
+                    if !writable
+                        && source.kind() == std::io::ErrorKind::NotFound
+                        && attempt < 5 =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => break r?,
+            }
+        };
+        Ok(EmbeddedStore {
+            dir: dir.to_path_buf(),
+            inner: RwLock::new(inner),
+            gate: RwLock::new(()),
+            opts,
+            _lock: lock,
+        })
+    }
+
+    fn load(dir: &Path, writable: bool) -> Result<Inner, StoreError> {
+        let manifest = match read_manifest(dir)? {
+            Some(m) => m,
+            None => {
+                let entries: Vec<_> = std::fs::read_dir(dir)
+                    .map_err(|e| StoreError::io("read", dir, e))?
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name())
+                    .filter(|n| n != "LOCK")
+                    .collect();
+                if !entries.is_empty() {
+                    return Err(StoreError::NotAStore {
+                        path: dir.to_path_buf(),
+                        reason: "it has files but no MANIFEST".into(),
+                    });
+                }
+                if !writable {
+                    return Err(StoreError::NotFound {
+                        what: "store at",
+                        id: format!("{} (ingest something first)", dir.display()),
+                    });
+                }
+                for sub in ["log", "index", "state"] {
+                    std::fs::create_dir_all(dir.join(sub))
+                        .map_err(|e| StoreError::io("create", dir.join(sub), e))?;
+                }
+                let m = Manifest {
+                    format: STORE_FORMAT,
+                    next_run: 1,
+                    ..Manifest::default()
+                };
+                write_manifest(dir, &m)?;
+                m
+            }
+        };
+        let state = match manifest.state {
+            Some(g) => State::load(&dir.join("state").join(format!("state-{g:08}.bin")))?,
+            None => State {
+                next_object: 1,
+                ..State::default()
+            },
+        };
+        let index_dir = dir.join("index");
+        let hruns = Runs::open(&index_dir, "hash", &manifest.hash_runs)?;
+        let kruns = Runs::open(&index_dir, "key", &manifest.key_runs)?;
+        let log = Log::open(&dir.join("log"), writable)?;
+        let mut inner = Inner {
+            dir: dir.to_path_buf(),
+            log,
+            hruns,
+            kruns,
+            d: Derived {
+                state,
+                ..Derived::default()
+            },
+            checkpointed_at: manifest.log.global(),
+            manifest,
+            poisoned: None,
+        };
+        // Replay everything after the checkpoint.
+        let from = inner.manifest.log;
+        let Inner { log, d, .. } = &mut inner;
+        let end = log.scan(from, &mut |base, payload| {
+            let mut p = 0;
+            while p < payload.len() {
+                let off = base + p as u64;
+                let (rec, len) = record::decode(&payload[p..], off).ok_or_else(|| {
+                    corrupt(log.dir(), off, "undecodable record in a checksummed frame")
+                })?;
+                d.apply(log, off, rec)?;
+                p += len;
+            }
+            Ok(())
+        })?;
+        if writable {
+            inner.log.truncate_and_open_for_append(end)?;
+            inner.recover_interrupted()?;
+            inner.remove_orphans();
+        } else {
+            inner.log.set_end(end);
+        }
+        Ok(inner)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Checkpoint and release the store (also done on drop, ignoring errors).
+    pub fn close(self) -> Result<(), StoreError> {
+        if self.opts.read_only {
+            return Ok(());
+        }
+        let mut inner = self.inner.write().expect("lock");
+        if inner.poisoned.is_none() {
+            inner.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Memory the engine's in-memory structures take (approximate, bytes).
+    pub fn memory(&self) -> usize {
+        let i = self.inner.read().expect("lock");
+        i.hruns.memory()
+            + i.kruns.memory()
+            + i.d.hmem.capacity() * 41
+            + i.d.kmem.capacity() * 33
+            + i.d.state.refs.capacity() * 13
+    }
+}
+
+impl Inner {
+    /// Objects left `running` by a crash become `failed`.
+    fn recover_interrupted(&mut self) -> Result<(), StoreError> {
+        let running: Vec<u64> = self
+            .d
+            .state
+            .objects
+            .values()
+            .filter(|o| o.info.status == Status::Running)
+            .map(|o| o.info.id)
+            .collect();
+        for id in running {
+            let msg = b"interrupted: the process stopped before the object was committed";
+            let off =
+                self.append(|buf, _| record::encode_obj(buf, record::OBJ_FAIL, id, None, msg))?;
+            let _ = off;
+            self.d
+                .obj_fail(id, msg)
+                .map_err(|e| corrupt(&self.dir, 0, e))?;
+        }
+        self.write_frame(true)
+    }
+
+    /// Files a crash left behind: runs and states the manifest does not list, temporaries.
+    fn remove_orphans(&self) {
+        let listed: Vec<String> = self
+            .manifest
+            .hash_runs
+            .iter()
+            .map(|i| format!("hash-{i:08}.run"))
+            .chain(
+                self.manifest
+                    .key_runs
+                    .iter()
+                    .map(|i| format!("key-{i:08}.run")),
+            )
+            .chain(self.manifest.state.map(|g| format!("state-{g:08}.bin")))
+            .collect();
+        for sub in ["index", "state"] {
+            if let Ok(rd) = std::fs::read_dir(self.dir.join(sub)) {
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if !listed.contains(&name) {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn take_lock(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::io("create", &path, e))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            return Err(StoreError::Locked {
+                path: dir.to_path_buf(),
+                pid: if pid.is_empty() {
+                    "unknown".into()
+                } else {
+                    pid
+                },
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io("lock", &path, e)),
+    }
+    let _ = f.set_len(0);
+    let _ = (&f).write_all(std::process::id().to_string().as_bytes());
+    Ok(f)
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        if self.opts.read_only {
+            return;
+        }
+        if let Ok(mut inner) = self.inner.write() {
+            if inner.poisoned.is_none() {
+                let _ = inner.checkpoint();
+            }
+        }
+    }
+}
+
+/// An ingest in progress.
+struct EmbeddedSession<'a> {
+    store: &'a EmbeddedStore,
+    _gate: RwLockReadGuard<'a, ()>,
+    id: u64,
+    uri: String,
+    /// Atoms below this offset existed before the session.
+    start: u64,
+    map: FxHashMap<Hash, u64>,
+    created: u64,
+    referenced: u64,
+    kids: Vec<u64>,
+    done: bool,
+}
+
+impl EmbeddedSession<'_> {
+    fn resolve(&mut self, inner: &Inner, hash: &Hash) -> Result<Option<u64>, StoreError> {
+        if let Some(&o) = self.map.get(hash) {
+            return Ok(Some(o));
+        }
+        inner.find_hash(hash)
+    }
+}
+
+impl Session for EmbeddedSession<'_> {
+    fn put(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        let mut guard = self.store.inner.write().expect("lock");
+        let inner = &mut *guard;
+        inner.check()?;
+        if self.map.len() > (1 << 21) {
+            self.map.clear();
+        }
+        for op in &batch.ops {
+            if let Some(o) = self.resolve(inner, &op.hash)? {
+                self.map.insert(op.hash, o);
+                continue;
+            }
+            let key = HilbertKey::new(op.modality, &op.pos);
+            if let Some(o) = inner.find_key(&key)? {
+                let existing = inner.hash_at(o)?;
+                return Err(StoreError::Collision {
+                    key: key.to_string(),
+                    existing: existing.to_hex(),
+                    new: op.hash.to_hex(),
+                });
+            }
+            let m = op.modality;
+            let off = match op.kind {
+                AtomKind::Leaf => {
+                    let value = batch.value(op);
+                    if value.len() > hart_core::LEAF_MAX {
+                        return Err(StoreError::Invalid(format!(
+                            "leaf {} has {} bytes (at most {})",
+                            op.hash,
+                            value.len(),
+                            hart_core::LEAF_MAX
+                        )));
+                    }
+                    let off = inner.append(|buf, _| record::encode_leaf(buf, m.as_u8(), value))?;
+                    inner.d.leaf(off, m, value, op.hash, &op.pos);
+                    off
+                }
+                AtomKind::Node => {
+                    self.kids.clear();
+                    for c in batch.children(op) {
+                        match self.resolve(inner, c)? {
+                            Some(o) => self.kids.push(o),
+                            None => {
+                                return Err(StoreError::Invalid(format!(
+                                    "composite {} names child {} that was never stored",
+                                    op.hash, c
+                                )))
+                            }
+                        }
+                    }
+                    let kids = std::mem::take(&mut self.kids);
+                    let off = inner.append(|buf, own| {
+                        record::encode_node(buf, own, m.as_u8(), &op.hash, &op.pos, &kids)
+                    })?;
+                    let old = inner
+                        .d
+                        .node(
+                            off,
+                            m,
+                            op.hash,
+                            &op.pos,
+                            &mut kids.iter().copied(),
+                            self.start,
+                        )
+                        .map_err(|e| corrupt(&inner.dir, off, e))?;
+                    self.referenced += old;
+                    self.kids = kids;
+                    off
+                }
+            };
+            self.created += 1;
+            self.map.insert(op.hash, off);
+        }
+        inner.maybe_checkpoint()
+    }
+
+    fn commit(
+        mut self: Box<Self>,
+        root: &Hash,
+        summary: &ObjectSummary,
+    ) -> Result<ObjectInfo, StoreError> {
+        let mut guard = self.store.inner.write().expect("lock");
+        let inner = &mut *guard;
+        inner.check()?;
+        let root_off = self
+            .resolve(inner, root)?
+            .ok_or_else(|| StoreError::Invalid(format!("root {root} was never stored")))?;
+        let unchanged = inner.d.state.objects.values().any(|o| {
+            o.info.uri == self.uri
+                && o.info.status == Status::Completed
+                && o.info.root == Some(*root)
+        });
+        let status = if unchanged {
+            Status::Unchanged
+        } else {
+            Status::Completed
+        };
+        let referenced =
+            self.referenced + u64::from(status == Status::Completed && root_off < self.start);
+        let info = CommitInfo {
+            status,
+            root: *root,
+            source_hash: summary.source_hash,
+            size: summary.size,
+            created: self.created,
+            referenced,
+            skipped: summary.occurrences.saturating_sub(self.created),
+            completed_at: hart_store::now_ms(),
+        };
+        let json = serde_json::to_vec(&info).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let id = self.id;
+        inner.append(|buf, _| {
+            record::encode_obj(buf, record::OBJ_COMMIT, id, Some(root_off), &json)
+        })?;
+        inner
+            .d
+            .obj_commit(id, root_off, &json)
+            .map_err(|e| corrupt(&inner.dir, root_off, e))?;
+        inner.write_frame(self.store.opts.sync_every_commit)?;
+        self.done = true;
+        Ok(inner.d.state.objects[&id].info.clone())
+    }
+
+    fn abort(mut self: Box<Self>, error: &str) -> Result<(), StoreError> {
+        self.done = true;
+        let mut inner = self.store.inner.write().expect("lock");
+        inner.check()?;
+        let id = self.id;
+        inner.append(|buf, _| {
+            record::encode_obj(buf, record::OBJ_FAIL, id, None, error.as_bytes())
+        })?;
+        inner
+            .d
+            .obj_fail(id, error.as_bytes())
+            .map_err(|e| corrupt(&inner.dir, 0, e))?;
+        inner.write_frame(false)
+    }
+}
+
+impl Drop for EmbeddedSession<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Ok(mut inner) = self.store.inner.write() {
+                if inner.check().is_ok() {
+                    let id = self.id;
+                    let msg = b"abandoned before commit";
+                    if inner
+                        .append(|buf, _| record::encode_obj(buf, record::OBJ_FAIL, id, None, msg))
+                        .is_ok()
+                    {
+                        let _ = inner.d.obj_fail(id, msg);
+                        let _ = inner.write_frame(false);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn read_only(dir: &Path) -> StoreError {
+    StoreError::ReadOnly {
+        path: dir.to_path_buf(),
+        reason: "opened for reading only".into(),
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn begin(&self, source: SourceInfo) -> Result<Box<dyn Session + '_>, StoreError> {
+        if self.opts.read_only {
+            return Err(read_only(&self.dir));
+        }
+        let gate = self.gate.read().expect("gate");
+        let mut inner = self.inner.write().expect("lock");
+        inner.check()?;
+        let id = inner.d.state.next_object;
+        let info = BeginInfo {
+            uri: source.uri.clone(),
+            modality: source.modality,
+            size: source.size,
+            started_at: hart_store::now_ms(),
+        };
+        let json = serde_json::to_vec(&info).map_err(|e| StoreError::Backend(e.to_string()))?;
+        inner.append(|buf, _| record::encode_obj(buf, record::OBJ_BEGIN, id, None, &json))?;
+        inner
+            .d
+            .obj_begin(id, &json)
+            .map_err(|e| corrupt(&self.dir, 0, e))?;
+        let start = inner.log.next_offset();
+        drop(inner);
+        Ok(Box::new(EmbeddedSession {
+            store: self,
+            _gate: gate,
+            id,
+            uri: source.uri,
+            start,
+            map: FxHashMap::default(),
+            created: 0,
+            referenced: 0,
+            kids: Vec::with_capacity(hart_core::MAX_FANOUT),
+            done: false,
+        }))
+    }
+
+    fn get(&self, hash: &Hash) -> Result<Option<AtomRecord>, StoreError> {
+        let inner = self.inner.read().expect("lock");
+        match inner.find_hash(hash)? {
+            Some(o) => Ok(Some(inner.record(o)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn get_by_key(&self, key: &HilbertKey) -> Result<Option<AtomRecord>, StoreError> {
+        let inner = self.inner.read().expect("lock");
+        match inner.find_key(key)? {
+            Some(o) => Ok(Some(inner.record(o)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn find_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<Hash>, StoreError> {
+        let prefix = prefix.to_ascii_lowercase();
+        if prefix.is_empty() || prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(StoreError::Invalid(format!(
+                "{prefix:?} is not a hexadecimal hash prefix"
+            )));
+        }
+        let inner = self.inner.read().expect("lock");
+        let mut out: Vec<Hash> = Vec::new();
+        let push = |h: Hash, out: &mut Vec<Hash>| {
+            if h.to_hex().starts_with(&prefix) && !out.contains(&h) {
+                out.push(h);
+            }
+        };
+        for (h, &o) in &inner.d.hmem {
+            if !inner.d.state.is_dead(o) {
+                push(*h, &mut out);
+            }
+        }
+        let nib = |fill: u8| -> [u8; 16] {
+            let mut b = [fill; 16];
+            for (i, c) in prefix.bytes().take(32).enumerate() {
+                let v = (c as char).to_digit(16).expect("hex") as u8;
+                if i % 2 == 0 {
+                    b[i / 2] = (v << 4) | (fill & 0x0f);
+                } else {
+                    b[i / 2] = (b[i / 2] & 0xf0) | v;
+                }
+            }
+            b
+        };
+        let (lo, hi) = (nib(0x00), nib(0xff));
+        for r in &inner.hruns.runs {
+            let mut found = Vec::new();
+            r.range(&lo, &hi, limit.saturating_mul(4).max(16), &mut found);
+            for (_, o) in found {
+                if !inner.d.state.is_dead(o) {
+                    push(inner.hash_at(o)?, &mut out);
+                }
+            }
+        }
+        out.sort();
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    fn cat(&self, root: &Hash, out: &mut dyn Write) -> Result<u64, StoreError> {
+        let inner = self.inner.read().expect("lock");
+        let off = inner.find_hash(root)?.ok_or_else(|| StoreError::NotFound {
+            what: "atom",
+            id: root.to_hex(),
+        })?;
+        let mut w = BufWriter::with_capacity(1 << 20, out);
+        let n = cat_at(&inner, off, &mut w)?;
+        w.flush()
+            .map_err(|e| StoreError::io("write", "output", e))?;
+        Ok(n)
+    }
+
+    fn objects(&self) -> Result<Vec<ObjectInfo>, StoreError> {
+        let inner = self.inner.read().expect("lock");
+        Ok(inner
+            .d
+            .state
+            .objects
+            .values()
+            .map(|o| o.info.clone())
+            .collect())
+    }
+
+    fn delete_object(&self, id: u64) -> Result<ObjectInfo, StoreError> {
+        if self.opts.read_only {
+            return Err(read_only(&self.dir));
+        }
+        let mut inner = self.inner.write().expect("lock");
+        inner.check()?;
+        let e = inner
+            .d
+            .state
+            .objects
+            .get(&id)
+            .ok_or_else(|| StoreError::NotFound {
+                what: "object",
+                id: id.to_string(),
+            })?;
+        if !matches!(
+            e.info.status,
+            Status::Completed | Status::Unchanged | Status::Failed
+        ) {
+            return Err(StoreError::Invalid(format!(
+                "object {id} is {:?}; only completed, unchanged or failed objects can be removed",
+                e.info.status
+            )));
+        }
+        inner.append(|buf, _| record::encode_obj(buf, record::OBJ_DELETE, id, None, &[]))?;
+        inner
+            .d
+            .obj_delete(id)
+            .map_err(|e| corrupt(&self.dir, 0, e))?;
+        inner.write_frame(true)?;
+        Ok(inner.d.state.objects[&id].info.clone())
+    }
+
+    fn gc(&self) -> Result<GcReport, StoreError> {
+        if self.opts.read_only {
+            return Err(read_only(&self.dir));
+        }
+        let _gate = self.gate.write().expect("gate");
+        let mut guard = self.inner.write().expect("lock");
+        let inner = &mut *guard;
+        inner.check()?;
+        let mut queue = inner.d.state.garbage();
+        let mut removed = Vec::new();
+        let mut report = GcReport::default();
+        let mut i = 0;
+        while i < queue.len() {
+            let o = queue[i];
+            i += 1;
+            if inner.d.state.refcount(o) != 0 {
+                continue;
+            }
+            let Inner { d, log, .. } = &mut *inner;
+            let r = d.kill(log, o, &mut queue);
+            report.bytes_removed += inner.poison(r)?;
+            removed.push(o);
+        }
+        report.atoms_removed = removed.len() as u64;
+        for chunk in removed.chunks(65_536) {
+            inner.append(|buf, _| record::encode_gc(buf, chunk))?;
+        }
+        let r = inner.checkpoint();
+        inner.poison(r)?;
+        Ok(report)
+    }
+
+    fn fsck(&self, progress: &dyn Fn(u64, u64)) -> Result<FsckReport, StoreError> {
+        let inner = self.inner.read().expect("lock");
+        fsck(&inner, progress)
+    }
+
+    fn stats(&self) -> Result<Stats, StoreError> {
+        let inner = self.inner.read().expect("lock");
+        let c = &inner.d.state.counters;
+        let mut s = Stats {
+            backend: "embedded".into(),
+            ..Stats::default()
+        };
+        for (i, m) in c.per_modality.iter().enumerate() {
+            if m.leaves + m.composites == 0 {
+                continue;
+            }
+            let name = Modality::from_u8(i as u8)
+                .map(|m| m.name().to_string())
+                .unwrap_or_else(|_| format!("modality-{i}"));
+            s.atoms += m.leaves + m.composites;
+            s.unique_bytes += m.leaf_bytes;
+            s.per_modality.insert(name, m.clone());
+        }
+        for o in inner.d.state.objects.values() {
+            if o.info.status == Status::Completed {
+                s.objects += 1;
+                s.logical_bytes += o.info.size;
+            }
+        }
+        s.dedup_ratio = if s.unique_bytes == 0 {
+            1.0
+        } else {
+            s.logical_bytes as f64 / s.unique_bytes as f64
+        };
+        s.stored_bytes = dir_size(&self.dir);
+        s.garbage_atoms = inner.d.state.refs.values().filter(|&&n| n == 0).count() as u64;
+        Ok(s)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        if self.opts.read_only {
+            return Ok(());
+        }
+        let mut inner = self.inner.write().expect("lock");
+        inner.check()?;
+        let r = inner.checkpoint();
+        inner.poison(r)
+    }
+}
+
+/// Depth-first walk writing leaf values in order.
+fn cat_at(inner: &Inner, off: u64, w: &mut dyn Write) -> Result<u64, StoreError> {
+    let mut total = 0u64;
+    let mut stack: Vec<record::Children<'_>> = Vec::new();
+    let mut next = Some(off);
+    loop {
+        if let Some(o) = next.take() {
+            match inner.rec(o)?.0 {
+                Rec::Leaf { value, .. } => {
+                    w.write_all(value)
+                        .map_err(|e| StoreError::io("write", "output", e))?;
+                    total += value.len() as u64;
+                }
+                Rec::Node { children, .. } => stack.push(children),
+                _ => return Err(corrupt(&inner.dir, o, "offset does not hold an atom")),
+            }
+        }
+        match stack.last_mut() {
+            None => return Ok(total),
+            Some(top) => match top.next() {
+                Some(c) => next = Some(c),
+                None => {
+                    stack.pop();
+                }
+            },
+        }
+    }
+}
+
+struct HashWriter(blake3::Hasher);
+
+impl Write for HashWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.update(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Recount every reference from the log, re-hash composites, check both indexes, and rebuild
+/// every completed object.
+fn fsck(inner: &Inner, progress: &dyn Fn(u64, u64)) -> Result<FsckReport, StoreError> {
+    let mut r = FsckReport::default();
+    let problem = |r: &mut FsckReport, p: String| {
+        if r.problems.len() < 100 {
+            r.problems.push(p);
+        }
+    };
+    let total = inner.log.bytes();
+    let mut offsets: Vec<u64> = Vec::new();
+    let mut counts: Vec<u32> = Vec::new();
+    let mut dead: Vec<u64> = Vec::new();
+    let mut nodes: Vec<(u64, Vec<u64>)> = Vec::new();
+    // Pass 1: every live atom in log order, and references from live composites.
+    inner.log.scan(LogPos::default(), &mut |base, payload| {
+        let mut p = 0;
+        while p < payload.len() {
+            let off = base + p as u64;
+            let (rec, len) = record::decode(&payload[p..], off).ok_or_else(|| corrupt(&inner.dir, off, "undecodable record"))?;
+            p += len;
+            match rec {
+                Rec::Leaf { .. } | Rec::Node { .. } if inner.d.state.is_dead(off) => dead.push(off),
+                Rec::Leaf { .. } => {
+                    offsets.push(off);
+                    counts.push(0);
+                }
+                Rec::Node { children, .. } => {
+                    offsets.push(off);
+                    counts.push(0);
+                    let mut kids: Vec<u64> = children.collect();
+                    kids.sort_unstable();
+                    kids.dedup();
+                    nodes.push((off, kids));
+                    if nodes.len() >= 4096 {
+                        for (n, kids) in nodes.drain(..) {
+                            for k in kids {
+                                match offsets.binary_search(&k) {
+                                    Ok(i) => counts[i] += 1,
+                                    Err(_) => problem(&mut r, format!("composite at {n} references missing or removed atom at {k}")),
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        progress(base >> 32 << 30 | (base & 0xffff_ffff), total);
+        Ok(())
+    })?;
+    for (n, kids) in nodes.drain(..) {
+        for k in kids {
+            match offsets.binary_search(&k) {
+                Ok(i) => counts[i] += 1,
+                Err(_) => problem(
+                    &mut r,
+                    format!("composite at {n} references missing or removed atom at {k}"),
+                ),
+            }
+        }
+    }
+    for o in inner.d.state.objects.values() {
+        if o.info.status == Status::Completed {
+            match o.root_off.map(|ro| offsets.binary_search(&ro)) {
+                Some(Ok(i)) => counts[i] += 1,
+                _ => problem(&mut r, format!("object {} has no live root", o.info.id)),
+            }
+        }
+    }
+    // Pass 2: compare counts, re-hash, check indexes.
+    for (i, &off) in offsets.iter().enumerate() {
+        r.atoms_checked += 1;
+        r.references_counted += u64::from(counts[i]);
+        let stored = inner.d.state.refcount(off);
+        if stored != counts[i] {
+            problem(
+                &mut r,
+                format!(
+                    "atom at {off}: stored reference count {stored}, recount {}",
+                    counts[i]
+                ),
+            );
+        }
+        let (m, hash, pos, kind) = inner.identity(off)?;
+        if kind == AtomKind::Node {
+            if let Rec::Node { children, .. } = inner.rec(off)?.0 {
+                let kids = children
+                    .map(|c| inner.hash_at(c))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let again = hart_core::atom::node_hash(m, &kids);
+                if again != hash {
+                    problem(
+                        &mut r,
+                        format!(
+                            "composite at {off}: stored hash {hash} but children hash to {again}"
+                        ),
+                    );
+                }
+            }
+        }
+        if inner.find_hash(&hash)? != Some(off) {
+            problem(
+                &mut r,
+                format!("atom at {off} ({hash}) is not found by its hash"),
+            );
+        }
+        if inner.find_key(&HilbertKey::new(m, &pos))? != Some(off) {
+            problem(
+                &mut r,
+                format!("atom at {off} ({hash}) is not found by its Hilbert key"),
+            );
+        }
+    }
+    // Pass 3: every completed object rebuilds to its source hash.
+    for o in inner.d.state.objects.values() {
+        if o.info.status != Status::Completed {
+            continue;
+        }
+        let Some(root) = o.root_off else { continue };
+        let mut hw = HashWriter(blake3::Hasher::new());
+        match cat_at(inner, root, &mut hw) {
+            Ok(n) => {
+                r.objects_checked += 1;
+                r.bytes_reconstructed += n;
+                let h = Hash(*hw.0.finalize().as_bytes());
+                if Some(h) != o.info.source_hash || n != o.info.size {
+                    problem(
+                        &mut r,
+                        format!(
+                            "object {} ({}) rebuilds to {n} bytes hashing {h}, expected {} bytes",
+                            o.info.id, o.info.uri, o.info.size
+                        ),
+                    );
+                }
+            }
+            Err(e) => problem(
+                &mut r,
+                format!(
+                    "object {} ({}) does not rebuild: {e}",
+                    o.info.id, o.info.uri
+                ),
+            ),
+        }
+    }
+    progress(total, total);
+    Ok(r)
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}

@@ -1,0 +1,378 @@
+//! The append-only atom log: numbered segment files of checksummed frames of records.
+//!
+//! A record's identity inside the store is its log offset, `segment << 32 | position`. The
+//! log is the only source of truth; every index is derived from it and can be rebuilt by
+//! replaying it. A frame is written with one `write` and carries a CRC-32C of its payload, so
+//! a crash mid-write leaves a torn tail that the next writer cuts off.
+
+use hart_store::StoreError;
+use memmap2::Mmap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Frame header: magic, payload length, CRC of payload.
+pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"HRT1");
+pub const FRAME_HEADER: usize = 12;
+/// A frame is written once its payload reaches this size.
+pub const FRAME_TARGET: usize = 4 << 20;
+/// A new segment starts when the current one would pass this size.
+pub const SEGMENT_LIMIT: u64 = 1 << 30;
+
+/// A position in the log.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub struct LogPos {
+    pub seg: u32,
+    pub off: u64,
+}
+
+impl LogPos {
+    pub fn global(&self) -> u64 {
+        (u64::from(self.seg) << 32) | self.off
+    }
+}
+
+/// Split a global offset into (segment, position).
+#[inline]
+pub fn split(o: u64) -> (usize, usize) {
+    ((o >> 32) as usize, (o & 0xffff_ffff) as usize)
+}
+
+struct Segment {
+    path: PathBuf,
+    map: Option<Mmap>,
+    /// Bytes of valid frames.
+    len: u64,
+}
+
+pub struct Log {
+    dir: PathBuf,
+    segs: Vec<Segment>,
+    /// Append handle on the last segment (writers only).
+    file: Option<File>,
+    /// Payload of the frame being built; its records' offsets are already assigned.
+    frame: Vec<u8>,
+    /// Bytes appended since the last fsync.
+    unsynced: u64,
+}
+
+fn seg_path(dir: &Path, n: usize) -> PathBuf {
+    dir.join(format!("{n:08}.seg"))
+}
+
+impl Log {
+    /// Open the segments in `dir` (creating the directory for a writer). Lengths are the
+    /// files' sizes until [`Log::set_end`] says where the valid frames end.
+    pub fn open(dir: &Path, writable: bool) -> Result<Log, StoreError> {
+        if writable {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
+        }
+        let mut names: Vec<usize> = Vec::new();
+        let rd = std::fs::read_dir(dir).map_err(|e| StoreError::io("read", dir, e))?;
+        for e in rd {
+            let e = e.map_err(|e| StoreError::io("read", dir, e))?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if let Some(n) = name.strip_suffix(".seg").and_then(|s| s.parse().ok()) {
+                names.push(n);
+            }
+        }
+        names.sort();
+        for (i, n) in names.iter().enumerate() {
+            if *n != i {
+                return Err(StoreError::Corrupt {
+                    path: seg_path(dir, *n),
+                    offset: 0,
+                    what: format!("log segment {i} is missing"),
+                });
+            }
+        }
+        let mut segs = Vec::new();
+        for n in names {
+            let path = seg_path(dir, n);
+            let f = File::open(&path).map_err(|e| StoreError::io("read", &path, e))?;
+            let len = f
+                .metadata()
+                .map_err(|e| StoreError::io("read", &path, e))?
+                .len();
+            let map = map_file(&f, &path)?;
+            segs.push(Segment { path, map, len });
+        }
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            segs,
+            file: None,
+            frame: Vec::with_capacity(FRAME_TARGET + 4096),
+            unsynced: 0,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// End of the written (not pending) log.
+    pub fn end(&self) -> LogPos {
+        match self.segs.last() {
+            None => LogPos::default(),
+            Some(s) => LogPos {
+                seg: (self.segs.len() - 1) as u32,
+                off: s.len,
+            },
+        }
+    }
+
+    /// Bytes in all segments.
+    pub fn bytes(&self) -> u64 {
+        self.segs.iter().map(|s| s.len).sum()
+    }
+
+    /// Cut the log at `end` (a writer after recovery: drops a torn tail and any segment
+    /// after it) and open it for appending.
+    pub fn truncate_and_open_for_append(&mut self, end: LogPos) -> Result<(), StoreError> {
+        let keep = if self.segs.is_empty() {
+            0
+        } else {
+            end.seg as usize + 1
+        };
+        while self.segs.len() > keep {
+            let s = self.segs.pop().expect("non-empty");
+            drop(s.map);
+            std::fs::remove_file(&s.path).map_err(|e| StoreError::io("remove", &s.path, e))?;
+        }
+        if self.segs.is_empty() {
+            self.new_segment()?;
+            return Ok(());
+        }
+        let last = self.segs.last_mut().expect("non-empty");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&last.path)
+            .map_err(|e| StoreError::io("open", &last.path, e))?;
+        if last.len != end.off {
+            f.set_len(end.off)
+                .map_err(|e| StoreError::io("truncate", &last.path, e))?;
+            f.sync_all()
+                .map_err(|e| StoreError::io("sync", &last.path, e))?;
+            last.len = end.off;
+            last.map = map_file(&f, &last.path)?;
+        }
+        let mut f = f;
+        use std::io::Seek;
+        f.seek(std::io::SeekFrom::End(0))
+            .map_err(|e| StoreError::io("seek", &last.path, e))?;
+        self.file = Some(f);
+        Ok(())
+    }
+
+    fn new_segment(&mut self) -> Result<(), StoreError> {
+        let path = seg_path(&self.dir, self.segs.len());
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StoreError::io("create", &path, e))?;
+        sync_dir(&self.dir)?;
+        self.segs.push(Segment {
+            path,
+            map: None,
+            len: 0,
+        });
+        self.file = Some(f);
+        Ok(())
+    }
+
+    /// Set the valid length of each segment (from a replay) without touching files.
+    pub fn set_end(&mut self, end: LogPos) {
+        self.segs.truncate(if self.segs.is_empty() {
+            0
+        } else {
+            end.seg as usize + 1
+        });
+        if let Some(s) = self.segs.last_mut() {
+            s.len = s.len.min(end.off);
+        }
+    }
+
+    /// Offset the next appended record will have.
+    #[inline]
+    pub fn next_offset(&self) -> u64 {
+        let end = self.end();
+        end.global() + (FRAME_HEADER + self.frame.len()) as u64
+    }
+
+    /// Start a record: moves to a new segment if the frame is empty and the segment is
+    /// full, and returns the offset the record will have.
+    #[inline]
+    pub fn begin_record(&mut self) -> Result<u64, StoreError> {
+        if self.frame.is_empty() {
+            self.ensure_room()?;
+        }
+        Ok(self.next_offset())
+    }
+
+    /// The pending frame's buffer, to encode one record into. Call [`Log::maybe_write`] after.
+    #[inline]
+    pub fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.frame
+    }
+
+    /// Write the pending frame if it is large; start a new segment first when needed.
+    #[inline]
+    pub fn maybe_write(&mut self) -> Result<(), StoreError> {
+        if self.frame.len() >= FRAME_TARGET {
+            self.write_frame()?;
+        }
+        Ok(())
+    }
+
+    /// Start a new segment when the current one is nearly full (only between frames).
+    fn ensure_room(&mut self) -> Result<(), StoreError> {
+        let end = self.end();
+        if self.frame.is_empty() && end.off + (FRAME_TARGET as u64) * 2 > SEGMENT_LIMIT {
+            self.new_segment()?;
+        }
+        Ok(())
+    }
+
+    /// Write the pending frame (if any) to the segment with one `write`.
+    pub fn write_frame(&mut self) -> Result<(), StoreError> {
+        if self.frame.is_empty() {
+            return Ok(());
+        }
+        let seg = self.segs.last_mut().expect("writer has a segment");
+        let file = self.file.as_mut().expect("writer has a file");
+        let mut out = Vec::with_capacity(FRAME_HEADER + self.frame.len());
+        out.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
+        out.extend_from_slice(&(self.frame.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&self.frame).to_le_bytes());
+        out.extend_from_slice(&self.frame);
+        if let Err(e) = file.write_all(&out) {
+            // Leave the file as it was before this frame; a later writer truncates anyway.
+            let _ = file.set_len(seg.len);
+            return Err(StoreError::io("write", &seg.path, e));
+        }
+        seg.len += out.len() as u64;
+        self.unsynced += out.len() as u64;
+        self.frame.clear();
+        seg.map = map_file(file, &seg.path)?;
+        Ok(())
+    }
+
+    /// Bytes written since the last sync.
+    pub fn unsynced(&self) -> u64 {
+        self.unsynced
+    }
+
+    /// Write the pending frame and fsync the segment: everything appended is durable.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        self.write_frame()?;
+        if let (Some(f), Some(seg)) = (&self.file, self.segs.last()) {
+            if self.unsynced > 0 {
+                f.sync_data()
+                    .map_err(|e| StoreError::io("sync", &seg.path, e))?;
+            }
+        }
+        self.unsynced = 0;
+        Ok(())
+    }
+
+    /// The bytes from global offset `o` to the end of its frame (or of the pending frame).
+    #[inline]
+    pub fn at(&self, o: u64) -> Option<&[u8]> {
+        let (seg, pos) = split(o);
+        let s = self.segs.get(seg)?;
+        if pos as u64 >= s.len {
+            if seg + 1 == self.segs.len() {
+                let p = pos.checked_sub(s.len as usize + FRAME_HEADER)?;
+                return self.frame.get(p..);
+            }
+            return None;
+        }
+        s.map.as_deref()?.get(pos..s.len as usize)
+    }
+
+    /// Iterate frames from `from` to the end of the log, stopping at the first torn or
+    /// corrupt frame. Calls `f(payload_offset, payload)` for each good frame and returns the
+    /// end of the last good one.
+    pub fn scan(
+        &self,
+        from: LogPos,
+        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<LogPos, StoreError> {
+        let mut pos = from;
+        for (i, s) in self.segs.iter().enumerate().skip(from.seg as usize) {
+            if i > from.seg as usize {
+                pos = LogPos {
+                    seg: i as u32,
+                    off: 0,
+                };
+            }
+            let Some(map) = s.map.as_deref() else {
+                continue;
+            };
+            let data = &map[..(s.len as usize).min(map.len())];
+            let mut p = pos.off as usize;
+            while p + FRAME_HEADER <= data.len() {
+                let magic = u32::from_le_bytes(data[p..p + 4].try_into().expect("4"));
+                let len = u32::from_le_bytes(data[p + 4..p + 8].try_into().expect("4")) as usize;
+                let crc = u32::from_le_bytes(data[p + 8..p + 12].try_into().expect("4"));
+                let body = p + FRAME_HEADER;
+                if magic != FRAME_MAGIC
+                    || body + len > data.len()
+                    || crc32fast::hash(&data[body..body + len]) != crc
+                {
+                    return Ok(LogPos {
+                        seg: i as u32,
+                        off: p as u64,
+                    });
+                }
+                f((i as u64) << 32 | body as u64, &data[body..body + len])?;
+                p = body + len;
+            }
+            pos = LogPos {
+                seg: i as u32,
+                off: p as u64,
+            };
+            if p < data.len() {
+                // Fewer bytes than a header: a torn tail.
+                return Ok(pos);
+            }
+        }
+        Ok(pos)
+    }
+}
+
+fn map_file(f: &File, path: &Path) -> Result<Option<Mmap>, StoreError> {
+    let len = f
+        .metadata()
+        .map_err(|e| StoreError::io("read", path, e))?
+        .len();
+    if len == 0 {
+        return Ok(None);
+    }
+    // SAFETY: segments are append-only; bytes below a segment's valid length never change
+    // while any process maps them (a writer only truncates torn bytes past the valid end).
+    let map = unsafe { Mmap::map(f) }.map_err(|e| StoreError::io("map", path, e))?;
+    Ok(Some(map))
+}
+
+/// fsync a directory so that created or renamed entries are durable.
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io("sync", dir, e))
+}

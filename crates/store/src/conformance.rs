@@ -1,0 +1,1 @@
+//! The conformance suite: one set of expectations every backend must meet.

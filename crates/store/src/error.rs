@@ -1,0 +1,81 @@
+//! Errors of the storage interface.
+
+use std::path::PathBuf;
+
+/// What can go wrong in a store. Messages say what, where, and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("the disk holding {path} is full; free space and run the command again (nothing already stored was changed)")]
+    DiskFull { path: PathBuf },
+
+    #[error("the store at {path} is read-only ({reason}); use a writable --store directory")]
+    ReadOnly { path: PathBuf, reason: String },
+
+    #[error("the store at {path} is locked by another writer (pid {pid}); wait for it to finish")]
+    Locked { path: PathBuf, pid: String },
+
+    #[error("{path} is not a Hartonomous store ({reason})")]
+    NotAStore { path: PathBuf, reason: String },
+
+    #[error("store at {path} has format version {found}, this build reads {expected}")]
+    Version {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+
+    #[error("corruption in {path} at offset {offset}: {what}; run `hart fsck` and restore from a copy if it persists")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        what: String,
+    },
+
+    #[error(
+        "position collision: atom {new} would take key {key}, already held by atom {existing}"
+    )]
+    Collision {
+        key: String,
+        existing: String,
+        new: String,
+    },
+
+    #[error("no {what} {id} in this store")]
+    NotFound { what: &'static str, id: String },
+
+    #[error("invalid input: {0}")]
+    Invalid(String),
+
+    #[error("an earlier write failed ({0}); the store must be reopened, which recovers it")]
+    Poisoned(String),
+
+    #[error("{0}")]
+    Backend(String),
+}
+
+impl StoreError {
+    /// Wrap an I/O error with its operation and path, recognising a full disk.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        match source.raw_os_error() {
+            Some(28) => StoreError::DiskFull { path },
+            Some(30) => StoreError::ReadOnly {
+                path,
+                reason: "read-only file system".into(),
+            },
+            Some(13) if op != "read" => StoreError::ReadOnly {
+                path,
+                reason: "permission denied".into(),
+            },
+            _ => StoreError::Io { op, path, source },
+        }
+    }
+}

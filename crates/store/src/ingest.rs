@@ -1,0 +1,407 @@
+//! The ingest pipeline: files → decoders → leaves → content-defined trees → batches → a store.
+//!
+//! Decoding and hashing run on worker threads (one file each), the store's writes on the
+//! calling thread, files committed in the order given; channels between them are bounded, so
+//! memory stays bounded whatever the file sizes.
+
+use crate::{Batch, ObjectInfo, ObjectSummary, SourceInfo, Store, StoreError};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use hart_core::features::leaf_identity;
+use hart_core::tree::{GroupBuilder, NodeOut, TreeBuilder};
+use hart_core::{Child, Hash, Modality};
+use hart_decode::LeafSink;
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::hash::{BuildHasher, Hasher};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Ops per batch handed to the store.
+const BATCH_OPS: usize = 8192;
+/// Batches in flight per file.
+const CHANNEL_DEPTH: usize = 4;
+/// Read size.
+const READ_BLOCK: usize = 1 << 20;
+/// Bound on the per-file caches (entries) before they are dropped and rebuilt.
+const CACHE_MAX: usize = 1 << 20;
+
+/// How to ingest.
+#[derive(Debug, Clone, Default)]
+pub struct IngestOptions {
+    /// Force a modality instead of detecting one per file.
+    pub modality: Option<Modality>,
+    /// Decoder threads (0: one per core).
+    pub workers: usize,
+}
+
+/// Counters the caller may watch from another thread (for progress bars).
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub bytes_done: AtomicU64,
+    pub files_done: AtomicU64,
+}
+
+/// What happened to one input.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Stored; `info.status` is `Completed` or `Unchanged`.
+    Stored { path: PathBuf, info: ObjectInfo },
+    /// Could not be ingested; nothing already stored was harmed.
+    Failed { path: PathBuf, error: String },
+}
+
+/// Every regular file under `paths` (directories recursively, in name order), and the
+/// entries that could not be read.
+pub fn collect_files(paths: &[PathBuf]) -> (Vec<(PathBuf, u64)>, Vec<(PathBuf, String)>) {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        walk(p, &mut files, &mut errors);
+    }
+    (files, errors)
+}
+
+fn walk(p: &Path, files: &mut Vec<(PathBuf, u64)>, errors: &mut Vec<(PathBuf, String)>) {
+    let meta = match std::fs::metadata(p) {
+        Ok(m) => m,
+        Err(e) => return errors.push((p.to_path_buf(), format!("cannot read: {e}"))),
+    };
+    if meta.is_file() {
+        files.push((p.to_path_buf(), meta.len()));
+    } else if meta.is_dir() {
+        let rd = match std::fs::read_dir(p) {
+            Ok(rd) => rd,
+            Err(e) => return errors.push((p.to_path_buf(), format!("cannot list directory: {e}"))),
+        };
+        let mut entries: Vec<PathBuf> = Vec::new();
+        for e in rd {
+            match e {
+                Ok(e) => entries.push(e.path()),
+                Err(e) => errors.push((p.to_path_buf(), format!("cannot list directory entry: {e}"))),
+            }
+        }
+        entries.sort();
+        for e in entries {
+            // Symlinks to directories are not followed (no cycles); to files they are.
+            match std::fs::symlink_metadata(&e) {
+                Ok(m) if m.file_type().is_symlink() && e.is_dir() => {}
+                _ => walk(&e, files, errors),
+            }
+        }
+    } else {
+        errors.push((p.to_path_buf(), "not a regular file or directory (skipped)".into()));
+    }
+}
+
+/// Messages from a decoding worker to the store thread, for one file.
+enum Msg {
+    Begin(SourceInfo),
+    Batch(Batch),
+    End { root: Hash, summary: ObjectSummary },
+    Error(String),
+}
+
+/// Ingest `files` (from [`collect_files`]) into `store`, calling `on_outcome` for each file in
+/// order. Returns when every file is done; per-file failures are reported, not fatal. A
+/// store error that makes further writes impossible (full disk, poisoned store) stops the run
+/// and is returned.
+pub fn ingest_files(
+    store: &dyn Store,
+    files: &[(PathBuf, u64)],
+    opts: &IngestOptions,
+    progress: &Progress,
+    on_outcome: &mut dyn FnMut(Outcome),
+) -> Result<(), StoreError> {
+    let workers = match opts.workers {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        n => n,
+    }
+    .clamp(1, files.len().max(1));
+    let (job_tx, job_rx) = bounded::<(PathBuf, Sender<Msg>)>(workers);
+    let (order_tx, order_rx) = bounded::<(PathBuf, Receiver<Msg>)>(workers + 1);
+    let result = std::thread::scope(|s| {
+        for _ in 0..workers {
+            let job_rx = job_rx.clone();
+            let modality = opts.modality;
+            s.spawn(move || {
+                for (path, tx) in job_rx {
+                    decode_file(&path, modality, progress, &tx);
+                }
+            });
+        }
+        drop(job_rx);
+        s.spawn(move || {
+            for (path, _) in files {
+                let (tx, rx) = bounded(CHANNEL_DEPTH);
+                if order_tx.send((path.clone(), rx)).is_err() || job_tx.send((path.clone(), tx)).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut fatal = None;
+        for (path, rx) in order_rx.iter() {
+            if fatal.is_some() {
+                continue; // drain so workers can finish
+            }
+            match store_file(store, &rx) {
+                Ok(info) => on_outcome(Outcome::Stored { path, info }),
+                Err(FileError::Input(error)) => on_outcome(Outcome::Failed { path, error }),
+                Err(FileError::Store(e)) => {
+                    let fatal_kind = matches!(e, StoreError::DiskFull { .. } | StoreError::ReadOnly { .. } | StoreError::Poisoned(_) | StoreError::Io { .. });
+                    if fatal_kind {
+                        fatal = Some(e);
+                    } else {
+                        on_outcome(Outcome::Failed { path, error: e.to_string() });
+                    }
+                }
+            }
+            progress.files_done.fetch_add(1, Ordering::Relaxed);
+            drop(rx);
+        }
+        fatal
+    });
+    match result {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+enum FileError {
+    Input(String),
+    Store(StoreError),
+}
+
+fn store_file(store: &dyn Store, rx: &Receiver<Msg>) -> Result<ObjectInfo, FileError> {
+    let source = match rx.recv() {
+        Ok(Msg::Begin(s)) => s,
+        Ok(Msg::Error(e)) => return Err(FileError::Input(e)),
+        _ => return Err(FileError::Input("decoder stopped unexpectedly".into())),
+    };
+    let mut session = store.begin(source).map_err(FileError::Store)?;
+    loop {
+        match rx.recv() {
+            Ok(Msg::Batch(b)) => {
+                if let Err(e) = session.put(&b) {
+                    let _ = session.abort(&e.to_string());
+                    return Err(FileError::Store(e));
+                }
+            }
+            Ok(Msg::End { root, summary }) => return session.commit(&root, &summary).map_err(FileError::Store),
+            Ok(Msg::Error(e)) => {
+                session.abort(&e).map_err(FileError::Store)?;
+                return Err(FileError::Input(e));
+            }
+            Ok(Msg::Begin(_)) | Err(_) => {
+                let e = "decoder stopped unexpectedly".to_string();
+                let _ = session.abort(&e);
+                return Err(FileError::Input(e));
+            }
+        }
+    }
+}
+
+fn decode_file(path: &Path, forced: Option<Modality>, progress: &Progress, tx: &Sender<Msg>) {
+    let fail = |what: &str, e: std::io::Error| {
+        let _ = tx.send(Msg::Error(format!("{what} {}: {e}", path.display())));
+    };
+    let modality = match forced {
+        Some(m) => m,
+        None => match hart_decode::choose_modality(path) {
+            Ok(m) => m,
+            Err(e) => return fail("cannot read", e),
+        },
+    };
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return fail("cannot open", e),
+    };
+    let size = file.metadata().ok().map(|m| m.len());
+    let uri = format!("file://{}", std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display());
+    if tx.send(Msg::Begin(SourceInfo { uri, modality, size })).is_err() {
+        return;
+    }
+    let mut asm = Assembler::new(modality, tx.clone());
+    let mut decoder = hart_decode::decoder_for(modality);
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; READ_BLOCK];
+    let mut total = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return fail("cannot read", e),
+        };
+        hasher.update(&buf[..n]);
+        decoder.feed(&buf[..n], &mut asm);
+        total += n as u64;
+        progress.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
+        if asm.closed {
+            return;
+        }
+    }
+    decoder.finish(&mut asm);
+    let root = asm.finish();
+    let summary = ObjectSummary { source_hash: Hash(*hasher.finalize().as_bytes()), size: total, occurrences: asm.occurrences };
+    let _ = tx.send(Msg::End { root, summary });
+}
+
+/// Turns leaves and group ends into atoms: hashes, positions, composites. Sends each atom to
+/// the store once per file (repeats are only counted), in batches.
+pub struct Assembler {
+    modality: Modality,
+    grouped: bool,
+    group: GroupBuilder,
+    tree: TreeBuilder,
+    batch: Batch,
+    emitted: FxHashSet<Hash>,
+    leaf_cache: FxHashMap<u64, CachedLeaf>,
+    occurrences: u64,
+    tx: Sender<Msg>,
+    closed: bool,
+}
+
+struct CachedLeaf {
+    len: u8,
+    bytes: [u8; hart_core::LEAF_MAX],
+    child: Child,
+}
+
+impl Assembler {
+    fn new(modality: Modality, tx: Sender<Msg>) -> Self {
+        Assembler {
+            modality,
+            grouped: modality != Modality::Binary,
+            group: GroupBuilder::new(modality),
+            tree: TreeBuilder::new(modality),
+            batch: Batch::default(),
+            emitted: FxHashSet::default(),
+            leaf_cache: FxHashMap::default(),
+            occurrences: 0,
+            tx,
+            closed: false,
+        }
+    }
+
+    /// Hash and place a leaf, through a cache for leaves that repeat (tokens).
+    fn identify(&mut self, value: &[u8]) -> Child {
+        if !self.grouped {
+            let (hash, pos) = leaf_identity(self.modality, value);
+            return Child { hash, pos };
+        }
+        let mut h = rustc_hash::FxBuildHasher.build_hasher();
+        h.write(value);
+        let k = h.finish();
+        if let Some(c) = self.leaf_cache.get(&k) {
+            if &c.bytes[..c.len as usize] == value {
+                return c.child;
+            }
+        }
+        let (hash, pos) = leaf_identity(self.modality, value);
+        let child = Child { hash, pos };
+        if self.leaf_cache.len() >= CACHE_MAX {
+            self.leaf_cache.clear();
+        }
+        let mut bytes = [0u8; hart_core::LEAF_MAX];
+        bytes[..value.len()].copy_from_slice(value);
+        self.leaf_cache.insert(k, CachedLeaf { len: value.len() as u8, bytes, child });
+        child
+    }
+
+    fn flush_if_full(&mut self) {
+        if self.batch.len() >= BATCH_OPS {
+            self.send_batch();
+        }
+    }
+
+    fn send_batch(&mut self) {
+        if self.batch.is_empty() || self.closed {
+            return;
+        }
+        let b = std::mem::take(&mut self.batch);
+        if self.tx.send(Msg::Batch(b)).is_err() {
+            self.closed = true;
+        }
+        if self.emitted.len() >= CACHE_MAX {
+            self.emitted.clear();
+        }
+    }
+
+    fn finish(&mut self) -> Hash {
+        let root = {
+            let Assembler { batch, emitted, occurrences, tree, .. } = self;
+            let mut sink = node_sink(batch, emitted, occurrences);
+            std::mem::replace(tree, TreeBuilder::new(self.modality)).finish(&mut sink)
+        };
+        let root = match root {
+            Some(c) => c.hash,
+            None => {
+                // An empty object's root is the empty leaf.
+                let (hash, pos) = leaf_identity(self.modality, b"");
+                if self.emitted.insert(hash) {
+                    self.batch.push_leaf(self.modality, hash, pos, b"");
+                }
+                self.occurrences += 1;
+                hash
+            }
+        };
+        self.send_batch();
+        root
+    }
+}
+
+fn node_sink<'a>(batch: &'a mut Batch, emitted: &'a mut FxHashSet<Hash>, occurrences: &'a mut u64) -> impl FnMut(&NodeOut<'_>) + 'a {
+    move |n: &NodeOut<'_>| {
+        *occurrences += 1;
+        if emitted.insert(n.hash) {
+            batch.push_node(n.modality, n.hash, n.pos, n.children.iter().map(|c| c.hash));
+        }
+    }
+}
+
+impl LeafSink for Assembler {
+    fn leaf(&mut self, value: &[u8]) {
+        let child = self.identify(value);
+        self.occurrences += 1;
+        if self.emitted.insert(child.hash) {
+            self.batch.push_leaf(self.modality, child.hash, child.pos, value);
+        }
+        let Assembler { batch, emitted, occurrences, tree, group, grouped, .. } = self;
+        let mut sink = node_sink(batch, emitted, occurrences);
+        if *grouped {
+            group.push(child, &mut sink);
+        } else {
+            tree.push(child, &mut sink);
+        }
+        self.flush_if_full();
+    }
+
+    fn end_group(&mut self) {
+        let Assembler { batch, emitted, occurrences, tree, group, .. } = self;
+        let mut sink = node_sink(batch, emitted, occurrences);
+        if let Some(c) = group.finish(&mut sink) {
+            tree.push(c, &mut sink);
+        }
+        self.flush_if_full();
+    }
+}
+
+/// Ingest in-memory bytes as one object (tests and tools).
+pub fn ingest_bytes(store: &dyn Store, uri: &str, modality: Modality, data: &[u8]) -> Result<ObjectInfo, StoreError> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let _ = tx.send(Msg::Begin(SourceInfo { uri: uri.to_string(), modality, size: Some(data.len() as u64) }));
+    let mut asm = Assembler::new(modality, tx.clone());
+    let mut decoder = hart_decode::decoder_for(modality);
+    decoder.feed(data, &mut asm);
+    decoder.finish(&mut asm);
+    let root = asm.finish();
+    let summary = ObjectSummary { source_hash: Hash(*blake3::hash(data).as_bytes()), size: data.len() as u64, occurrences: asm.occurrences };
+    let _ = tx.send(Msg::End { root, summary });
+    drop(asm);
+    drop(tx);
+    match store_file(store, &rx) {
+        Ok(info) => Ok(info),
+        Err(FileError::Store(e)) => Err(e),
+        Err(FileError::Input(e)) => Err(StoreError::Invalid(e)),
+    }
+}
