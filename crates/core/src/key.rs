@@ -84,3 +84,165 @@ impl std::str::FromStr for HilbertKey {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::position::COORD_MAX;
+    use proptest::prelude::*;
+
+    fn position() -> impl Strategy<Value = Position> {
+        proptest::array::uniform4(0..=COORD_MAX).prop_map(Position::from_coords)
+    }
+
+    fn modality() -> impl Strategy<Value = Modality> {
+        proptest::sample::select(Modality::ALL.to_vec())
+    }
+
+    proptest! {
+        #[test]
+        fn key_round_trips_to_modality_and_position(m in modality(), p in position()) {
+            let k = HilbertKey::new(m, &p);
+            prop_assert_eq!(k.decode(), Some((m, p)));
+            prop_assert_eq!(k.modality_byte(), m.as_u8());
+        }
+
+        #[test]
+        fn keys_are_non_negative_bigints(m in modality(), p in position()) {
+            let k = HilbertKey::new(m, &p);
+            for h in [k.h_xy, k.h_yz, k.h_zm] {
+                prop_assert!(h < 1 << 63);
+                prop_assert!(i64::try_from(h).is_ok());
+            }
+            prop_assert!(k.h_yz < 1 << 56 && k.h_zm < 1 << 56);
+        }
+
+        #[test]
+        fn bytes_and_text_round_trip(m in modality(), p in position()) {
+            let k = HilbertKey::new(m, &p);
+            prop_assert_eq!(HilbertKey::from_bytes(&k.to_bytes()), k);
+            prop_assert_eq!(k.to_string().parse::<HilbertKey>(), Ok(k));
+        }
+
+        #[test]
+        fn byte_order_is_key_order(a in position(), b in position(), ma in modality(), mb in modality()) {
+            let (ka, kb) = (HilbertKey::new(ma, &a), HilbertKey::new(mb, &b));
+            prop_assert_eq!(ka.to_bytes().cmp(&kb.to_bytes()), ka.cmp(&kb));
+        }
+
+        #[test]
+        fn inconsistent_shared_coordinates_are_rejected(m in modality(), p in position(), other in 0..=COORD_MAX) {
+            let k = HilbertKey::new(m, &p);
+            prop_assume!(other != p.y);
+            // h_yz built from a different y than h_xy carries.
+            let bad_y = HilbertKey { h_yz: hilbert::encode(other, p.z), ..k };
+            prop_assert_eq!(bad_y.decode(), None);
+            prop_assume!(other != p.z);
+            // h_zm built from a different z than h_yz carries.
+            let bad_z = HilbertKey { h_zm: hilbert::encode(other, p.m), ..k };
+            prop_assert_eq!(bad_z.decode(), None);
+        }
+    }
+
+    #[test]
+    fn out_of_range_parts_are_rejected() {
+        let p = Position::new(1, 2, 3, 4);
+        let k = HilbertKey::new(Modality::Text, &p);
+        // Unknown modality byte.
+        let unknown = HilbertKey {
+            h_xy: (0x7f << 56) | (k.h_xy & ((1 << 56) - 1)),
+            ..k
+        };
+        assert_eq!(unknown.decode(), None);
+        // Bits above the 56-bit index in h_yz / h_zm.
+        assert_eq!(
+            HilbertKey {
+                h_yz: k.h_yz | 1 << 56,
+                ..k
+            }
+            .decode(),
+            None
+        );
+        assert_eq!(
+            HilbertKey {
+                h_zm: k.h_zm | 1 << 62,
+                ..k
+            }
+            .decode(),
+            None
+        );
+        assert_eq!(k.decode(), Some((Modality::Text, p)));
+    }
+
+    #[test]
+    fn text_form_errors_name_the_problem() {
+        assert!("1:2"
+            .parse::<HilbertKey>()
+            .unwrap_err()
+            .contains("three integers"));
+        assert!("1:x:3".parse::<HilbertKey>().unwrap_err().contains("\"x\""));
+        assert_eq!(
+            "1:2:3".parse::<HilbertKey>(),
+            Ok(HilbertKey {
+                h_xy: 1,
+                h_yz: 2,
+                h_zm: 3
+            })
+        );
+    }
+
+    /// SplitMix64: a fixed sample stream, so the averages below are reproducible.
+    fn splitmix(s: &mut u64) -> u64 {
+        *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Locality, stated honestly: on average, points within 2^10 of each other per coordinate
+    /// get `h_xy` values far closer than random pairs do (the mean gap is dominated by the
+    /// rare pairs that straddle a high-level quadrant boundary; the median is far smaller
+    /// still). It is not a worst-case bound: see the next test.
+    #[test]
+    fn near_positions_have_near_keys_on_average() {
+        const PAIRS: usize = 20_000;
+        let mut s = 7u64;
+        let coord = |s: &mut u64| (splitmix(s) as u32) & COORD_MAX;
+        let (mut near, mut far) = (Vec::with_capacity(PAIRS), Vec::with_capacity(PAIRS));
+        for _ in 0..PAIRS {
+            let p = Position::new(coord(&mut s), coord(&mut s), coord(&mut s), coord(&mut s));
+            let jitter = |c: u32, r: u64| {
+                let off = (r & 0x7ff) as i64 - 0x400; // -2^10 ..= 2^10 - 1
+                (i64::from(c) + off).clamp(0, i64::from(COORD_MAX)) as u32
+            };
+            let r = splitmix(&mut s);
+            let q = Position::new(jitter(p.x, r), jitter(p.y, r >> 16), p.z, p.m);
+            let o = Position::new(coord(&mut s), coord(&mut s), p.z, p.m);
+            let h = |p: &Position| HilbertKey::new(Modality::Binary, p).h_xy;
+            near.push(h(&p).abs_diff(h(&q)));
+            far.push(h(&p).abs_diff(h(&o)));
+        }
+        let mean = |v: &[u64]| v.iter().map(|&d| d as f64).sum::<f64>() / v.len() as f64;
+        let median = |v: &mut Vec<u64>| {
+            v.sort_unstable();
+            v[v.len() / 2]
+        };
+        let (mn, mf) = (mean(&near), mean(&far));
+        let (dn, df) = (median(&mut near), median(&mut far));
+        // Random pairs: mean gap about 2^56 / 3. Near pairs: orders of magnitude less.
+        assert!(mf > 2f64.powi(53), "random pairs mean gap {mf:e}");
+        assert!(mn * 1000.0 < mf, "near mean {mn:e} vs random mean {mf:e}");
+        assert!(dn * 100_000 < df, "near median {dn} vs random median {df}");
+    }
+
+    /// The converse of locality fails at quadrant boundaries: two adjacent points can be
+    /// half the curve apart. Queries must not assume near points have near keys.
+    #[test]
+    fn adjacent_points_can_have_distant_keys() {
+        let half = 1u32 << 27;
+        let a = HilbertKey::new(Modality::Binary, &Position::new(half - 1, 0, 0, 0));
+        let b = HilbertKey::new(Modality::Binary, &Position::new(half, 0, 0, 0));
+        assert!(b.h_xy - a.h_xy > 1 << 55);
+    }
+}
