@@ -1,0 +1,274 @@
+//! Text decoder: a streaming, lossless UTF-8 tokenizer whose groups are lines.
+//!
+//! # Token rules (part of the on-disk format)
+//!
+//! Every byte belongs to exactly one token; a token is the longest run of one class:
+//!
+//! | class | bytes | run |
+//! |---|---|---|
+//! | word | ASCII letters `A–Z a–z` and every non-ASCII character (including non-ASCII spaces and punctuation) | any mix of them |
+//! | number | ASCII digits `0–9` | digits only (`3.14` is `3`, `.`, `14`) |
+//! | space | space, tab, vertical tab, form feed, and a carriage return not followed by a line feed | any mix of them |
+//! | newline | `\n`, or `\r\n` as one token | one newline per token |
+//! | punctuation | every other ASCII byte: punctuation, symbols, `_`, control characters, NUL | runs of the *same* byte (`...`, `==`, `--`), a different byte starts a new token |
+//!
+//! `_` is punctuation, so `snake_case` is three tokens; this matches the class that
+//! `hart_core::features::token_class` gives a token from its first byte. Source code proper
+//! goes to the code decoder, not here.
+//!
+//! No token exceeds [`LEAF_MAX`] (64) bytes: a longer run is cut greedily from its start, each
+//! piece ending at the last character boundary at or before 64 bytes (ASCII runs: exactly 64).
+//! A UTF-8 character is never split, also when it arrives split across calls to `feed`.
+//!
+//! After each newline token the line ends ([`LeafSink::end_group`]); at the end of the stream
+//! the last line ends too if it holds any token. An empty stream has no lines.
+//!
+//! The tokenizer is meant for valid UTF-8 ([`crate::choose_modality`] sends everything else to
+//! the binary chunker). On invalid input it stays lossless, split-invariant and never panics:
+//! bytes ≥ 0x80 are word bytes, and a long run with no character boundary among its bytes
+//! 61..=64 is cut at 64.
+//!
+//! # Speed
+//!
+//! One table lookup per byte (the run key), tokens handed out as borrowed slices of the input; only the
+//! token that crosses the end of a piece is copied (into a fixed 64-byte carry), and no call
+//! allocates.
+
+use crate::{Decoder, LeafSink};
+use hart_core::{Modality, LEAF_MAX};
+
+/// Run keys: two bytes belong to the same token (when adjacent) iff they have the same key.
+/// Words `b'a'`, numbers `b'0'`, spaces (with `\r`) `b' '`, newline `b'\n'` (never a run),
+/// and every punctuation byte is its own key.
+const WORD: u8 = b'a';
+const NUMBER: u8 = b'0';
+const SPACE: u8 = b' ';
+const NEWLINE: u8 = b'\n';
+
+const fn key_table() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = if c.is_ascii_alphabetic() || c >= 0x80 {
+            WORD
+        } else if c.is_ascii_digit() {
+            NUMBER
+        } else if c == b' ' || c == b'\t' || c == 0x0b || c == 0x0c || c == b'\r' {
+            SPACE
+        } else {
+            c // newline, punctuation, control characters: their own key
+        };
+        b += 1;
+    }
+    t
+}
+
+static KEY: [u8; 256] = key_table();
+
+#[inline(always)]
+fn key(b: u8) -> u8 {
+    KEY[b as usize]
+}
+
+/// Length of the first piece of a run longer than [`LEAF_MAX`]: up to the last character
+/// boundary at or before 64 bytes (64 if there is none, which only invalid UTF-8 can cause).
+#[inline]
+fn cut(run: &[u8]) -> usize {
+    debug_assert!(run.len() > LEAF_MAX);
+    (LEAF_MAX - 3..=LEAF_MAX).rev().find(|&j| run[j] & 0xC0 != 0x80).unwrap_or(LEAF_MAX)
+}
+
+/// Streaming tokenizer for UTF-8 text (modality [`Modality::Text`]); groups are lines.
+/// See the module documentation for the token rules.
+#[derive(Clone, Debug)]
+pub struct TextTokenizer {
+    /// The token open at the end of the last piece: `carry[..carry_len]`, of run key
+    /// `open`. A space run may end in a `\r` whose fate (space, or part of `\r\n`) the next
+    /// byte decides.
+    carry: [u8; LEAF_MAX + 1],
+    carry_len: usize,
+    open: u8,
+    /// Some token has been emitted since the last line end.
+    line_open: bool,
+}
+
+impl Default for TextTokenizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TextTokenizer {
+    pub fn new() -> Self {
+        TextTokenizer { carry: [0; LEAF_MAX + 1], carry_len: 0, open: WORD, line_open: false }
+    }
+
+    /// [`Decoder::feed`], monomorphised over the sink.
+    #[inline]
+    pub fn feed_with<S: LeafSink + ?Sized>(&mut self, data: &[u8], sink: &mut S) {
+        let i = if self.carry_len > 0 { self.continue_carry(data, sink) } else { 0 };
+        if i < data.len() {
+            self.tokenize(data, i, sink);
+        }
+    }
+
+    /// [`Decoder::finish`], monomorphised over the sink. The tokenizer is then ready for a new
+    /// stream.
+    pub fn finish_with<S: LeafSink + ?Sized>(&mut self, sink: &mut S) {
+        if self.carry_len > 0 {
+            sink.leaf(&self.carry[..self.carry_len]);
+            self.carry_len = 0;
+            self.line_open = true;
+        }
+        if self.line_open {
+            sink.end_group();
+            self.line_open = false;
+        }
+    }
+
+    /// Extend the carried token with the first bytes of `data`, byte by byte, until it ends
+    /// or can be handed over to the fast path. Returns where the fast path resumes; the carry
+    /// is then empty unless all of `data` was taken.
+    #[inline(never)]
+    fn continue_carry<S: LeafSink + ?Sized>(&mut self, data: &[u8], sink: &mut S) -> usize {
+        let mut i = 0;
+        let mut len = self.carry_len;
+        while len > 0 && i < data.len() {
+            let b = data[i];
+            if b == b'\n' && self.open == SPACE && self.carry[len - 1] == b'\r' {
+                if len > 1 {
+                    sink.leaf(&self.carry[..len - 1]);
+                }
+                sink.leaf(b"\r\n");
+                sink.end_group();
+                self.line_open = false;
+                len = 0;
+                i += 1;
+                break;
+            }
+            if key(b) != self.open {
+                sink.leaf(&self.carry[..len]);
+                self.line_open = true;
+                len = 0;
+                break;
+            }
+            self.carry[len] = b;
+            len += 1;
+            i += 1;
+            if len > LEAF_MAX {
+                let j = cut(&self.carry[..len]);
+                sink.leaf(&self.carry[..j]);
+                self.line_open = true;
+                self.carry.copy_within(j..len, 0);
+                len -= j;
+                if len <= i {
+                    // The rest of the run lies in `data`: let the fast path restart it there.
+                    i -= len;
+                    len = 0;
+                }
+            }
+        }
+        self.carry_len = len;
+        i
+    }
+
+    /// The fast path: tokenize `data[i..]` with an empty carry, keeping the last (open)
+    /// token in the carry.
+    #[inline(always)]
+    fn tokenize<S: LeafSink + ?Sized>(&mut self, data: &[u8], mut i: usize, sink: &mut S) {
+        let n = data.len();
+        while i < n {
+            let start = i;
+            let k = key(data[i]);
+            i += 1;
+            if k == NEWLINE {
+                sink.leaf(&data[start..i]);
+                sink.end_group();
+                self.line_open = false;
+                continue;
+            }
+            while i < n && key(data[i]) == k {
+                i += 1;
+            }
+            // A space run stops before a `\r` that starts a `\r\n`; a `\r` at the very end
+            // stays in the open run and the next byte decides (see `continue_carry`).
+            if k == SPACE && i < n && data[i] == b'\n' && data[i - 1] == b'\r' {
+                i -= 1;
+                if i == start {
+                    sink.leaf(&data[i..i + 2]);
+                    sink.end_group();
+                    self.line_open = false;
+                    i += 2;
+                    continue;
+                }
+            }
+            let mut s = start;
+            while i - s > LEAF_MAX {
+                let j = cut(&data[s..i]);
+                sink.leaf(&data[s..s + j]);
+                s += j;
+            }
+            self.line_open = true;
+            if i == n {
+                // The run may go on in the next piece.
+                self.carry[..n - s].copy_from_slice(&data[s..n]);
+                self.carry_len = n - s;
+                self.open = k;
+                return;
+            }
+            sink.leaf(&data[s..i]);
+        }
+    }
+}
+
+impl Decoder for TextTokenizer {
+    fn modality(&self) -> Modality {
+        Modality::Text
+    }
+    fn feed(&mut self, data: &[u8], sink: &mut dyn LeafSink) {
+        self.feed_with(data, sink)
+    }
+    fn finish(&mut self, sink: &mut dyn LeafSink) {
+        self.finish_with(sink)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Collected;
+
+    fn tokens(s: &str) -> Vec<String> {
+        let mut t = TextTokenizer::new();
+        let mut out = Collected::default();
+        t.feed_with(s.as_bytes(), &mut out);
+        t.finish_with(&mut out);
+        out.leaves.iter().map(|l| String::from_utf8(l.clone()).unwrap()).collect()
+    }
+
+    #[test]
+    fn token_classes() {
+        assert_eq!(
+            tokens("Héllo, wörld_42...  3.14\tx\r\n\ry \r \r\r\n"),
+            [
+                "Héllo", ",", " ", "wörld", "_", "42", "...", "  ", "3", ".", "14", "\t", "x", "\r\n", "\r", "y",
+                " \r \r", "\r\n"
+            ]
+        );
+    }
+
+    #[test]
+    fn long_runs_are_cut_at_char_boundaries() {
+        let s = format!("{}{}", "a".repeat(62), "中".repeat(3));
+        let t = tokens(&s);
+        assert_eq!(t.iter().map(String::len).collect::<Vec<_>>(), [62, 9]);
+        let s = format!("{}{}", "a".repeat(63), "中".repeat(3));
+        let t = tokens(&s);
+        assert_eq!(t.iter().map(String::len).collect::<Vec<_>>(), [63, 9]);
+        let s = format!("{}{}", "a".repeat(61), "中".repeat(3));
+        let t = tokens(&s);
+        assert_eq!(t.iter().map(String::len).collect::<Vec<_>>(), [64, 6]);
+        assert_eq!(tokens(&"-".repeat(130)).iter().map(String::len).collect::<Vec<_>>(), [64, 64, 2]);
+    }
+}
