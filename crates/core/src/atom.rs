@@ -72,10 +72,7 @@ mod tests {
             leaf_hash(Modality::Binary, b"x"),
             Hash(*blake3::hash(&leaf_encoding(Modality::Binary, b"x")).as_bytes())
         );
-        assert_ne!(
-            leaf_hash(Modality::Binary, b"x"),
-            leaf_hash(Modality::Text, b"x")
-        );
+        assert_ne!(leaf_hash(Modality::Binary, b"x"), leaf_hash(Modality::Text, b"x"));
         let kids = [a, a];
         assert_eq!(
             node_hash(Modality::Text, &kids),

@@ -108,10 +108,7 @@ pub fn text_token(v: &[u8]) -> [u16; 4] {
     let x = (class << 10) | (c0 << 4) | (c1 >> 2);
     let y = ((c1 & 3) << 10) | (c2 << 4) | len;
     let z = (case << 10) | (c3 << 4) | ((v.len() as u32 >> 4).min(15));
-    let rest: u32 = v
-        .iter()
-        .skip(4)
-        .fold(0u32, |a, &b| a.wrapping_mul(31).wrapping_add(u32::from(b)));
+    let rest: u32 = v.iter().skip(4).fold(0u32, |a, &b| a.wrapping_mul(31).wrapping_add(u32::from(b)));
     let m = rest & 0xfff;
     [x as u16, y as u16, z as u16, m as u16]
 }
@@ -124,10 +121,7 @@ mod tests {
     fn similar_tokens_share_leading_features() {
         let a = text_token(b"hello");
         let b = text_token(b"Help");
-        assert_eq!(
-            a[0], b[0],
-            "same class and first characters give the same x feature"
-        );
+        assert_eq!(a[0], b[0], "same class and first characters give the same x feature");
         assert_ne!(text_token(b"42")[0] >> 10, a[0] >> 10);
     }
 

@@ -47,23 +47,14 @@ const XDR: u8 = 0;
 #[non_exhaustive]
 pub enum GeomError {
     #[error("geometry truncated at byte {offset}: {what} needs {needed} bytes, {available} left")]
-    Truncated {
-        offset: usize,
-        what: &'static str,
-        needed: usize,
-        available: usize,
-    },
+    Truncated { offset: usize, what: &'static str, needed: usize, available: usize },
     #[error("byte {offset}: byte-order marker {found:#04x}, expected 0x01 (NDR) or 0x00 (XDR)")]
     ByteOrder { offset: usize, found: u8 },
     #[error(
         "byte {offset}: geometry type word {found:#010x}, expected {expected} with Z and M \
          (EWKB flags 0xc0000000 or ISO code +3000)"
     )]
-    GeometryType {
-        offset: usize,
-        expected: &'static str,
-        found: u32,
-    },
+    GeometryType { offset: usize, expected: &'static str, found: u32 },
     #[error("byte {offset}: SRID {srid}, expected 0 (atoms live in SRID 0)")]
     Srid { offset: usize, srid: u32 },
     #[error(
@@ -73,14 +64,8 @@ pub enum GeomError {
     MemberCount { offset: usize, count: u32 },
     #[error("byte {offset}: linestring of 0 points; a composite has at least one child")]
     EmptyLine { offset: usize },
-    #[error(
-        "byte {offset}: coordinate {axis} = {value} is not an integer in 0..=268435455 (2^28 - 1)"
-    )]
-    Coordinate {
-        offset: usize,
-        axis: char,
-        value: f64,
-    },
+    #[error("byte {offset}: coordinate {axis} = {value} is not an integer in 0..=268435455 (2^28 - 1)")]
+    Coordinate { offset: usize, axis: char, value: f64 },
     #[error("byte {offset}: {count} bytes after the end of the geometry")]
     TrailingBytes { offset: usize, count: usize },
 }
@@ -116,11 +101,7 @@ fn push_coords(s: &mut String, p: &Position) {
 /// little-endian (NDR), no SRID, Z and M flags on every type word, coordinates as `f64`
 /// (exact for 28-bit integers).
 pub fn ewkb(own: &Position, children: &[Position]) -> Vec<u8> {
-    let line = if children.is_empty() {
-        0
-    } else {
-        9 + 32 * children.len()
-    };
+    let line = if children.is_empty() { 0 } else { 9 + 32 * children.len() };
     let mut b = Vec::with_capacity(9 + 37 + line);
     let members: u32 = if children.is_empty() { 1 } else { 2 };
     header(&mut b, WKB_COLLECTION);
@@ -159,10 +140,7 @@ pub fn decode_ewkb(bytes: &[u8]) -> Result<(Position, Vec<Position>), GeomError>
     let count_at = r.pos;
     let count = r.u32(le, "member count")?;
     if !(1..=2).contains(&count) {
-        return Err(GeomError::MemberCount {
-            offset: count_at,
-            count,
-        });
+        return Err(GeomError::MemberCount { offset: count_at, count });
     }
     let le = r.header(WKB_POINT, "POINT")?;
     let own = r.point(le)?;
@@ -182,10 +160,7 @@ pub fn decode_ewkb(bytes: &[u8]) -> Result<(Position, Vec<Position>), GeomError>
         }
     }
     if r.pos != bytes.len() {
-        return Err(GeomError::TrailingBytes {
-            offset: r.pos,
-            count: bytes.len() - r.pos,
-        });
+        return Err(GeomError::TrailingBytes { offset: r.pos, count: bytes.len() - r.pos });
     }
     Ok((own, children))
 }
@@ -199,32 +174,21 @@ impl Reader<'_> {
     fn need(&self, n: usize, what: &'static str) -> Result<(), GeomError> {
         let available = self.bytes.len() - self.pos;
         if available < n {
-            return Err(GeomError::Truncated {
-                offset: self.pos,
-                what,
-                needed: n,
-                available,
-            });
+            return Err(GeomError::Truncated { offset: self.pos, what, needed: n, available });
         }
         Ok(())
     }
 
     fn take<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], GeomError> {
         self.need(N, what)?;
-        let b: [u8; N] = self.bytes[self.pos..self.pos + N]
-            .try_into()
-            .expect("length checked");
+        let b: [u8; N] = self.bytes[self.pos..self.pos + N].try_into().expect("length checked");
         self.pos += N;
         Ok(b)
     }
 
     fn u32(&mut self, le: bool, what: &'static str) -> Result<u32, GeomError> {
         let b = self.take::<4>(what)?;
-        Ok(if le {
-            u32::from_le_bytes(b)
-        } else {
-            u32::from_be_bytes(b)
-        })
+        Ok(if le { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) })
     }
 
     /// Byte order, type word and optional SRID of one geometry; returns "is little-endian".
@@ -241,20 +205,13 @@ impl Reader<'_> {
         let ewkb_zm = word & !EWKB_SRID == kind | EWKB_Z | EWKB_M;
         let iso_zm = word == kind + ISO_ZM;
         if !(ewkb_zm || iso_zm) {
-            return Err(GeomError::GeometryType {
-                offset: type_at,
-                expected: name,
-                found: word,
-            });
+            return Err(GeomError::GeometryType { offset: type_at, expected: name, found: word });
         }
         if word & EWKB_SRID != 0 {
             let srid_at = self.pos;
             let srid = self.u32(le, "SRID")?;
             if srid != 0 {
-                return Err(GeomError::Srid {
-                    offset: srid_at,
-                    srid,
-                });
+                return Err(GeomError::Srid { offset: srid_at, srid });
             }
         }
         Ok(le)
@@ -265,18 +222,10 @@ impl Reader<'_> {
         for (slot, axis) in c.iter_mut().zip(['x', 'y', 'z', 'm']) {
             let at = self.pos;
             let b = self.take::<8>("coordinate")?;
-            let value = if le {
-                f64::from_le_bytes(b)
-            } else {
-                f64::from_be_bytes(b)
-            };
+            let value = if le { f64::from_le_bytes(b) } else { f64::from_be_bytes(b) };
             // Also rejects NaN and infinities; -0.0 is the integer 0.
             if !(value >= 0.0 && value <= f64::from(COORD_MAX) && value.fract() == 0.0) {
-                return Err(GeomError::Coordinate {
-                    offset: at,
-                    axis,
-                    value,
-                });
+                return Err(GeomError::Coordinate { offset: at, axis, value });
             }
             *slot = value as u32;
         }
@@ -356,35 +305,18 @@ mod tests {
     fn matches_postgis_output() {
         let (own, kids) = composite();
         assert_eq!(hex::encode(ewkb(&own, &kids)), POSTGIS_COMPOSITE_NDR);
-        assert_eq!(
-            wkt(&own, &kids),
-            "GEOMETRYCOLLECTION ZM (POINT ZM (1 2 3 4),LINESTRING ZM (1 2 3 4,5 6 7 8))"
-        );
+        assert_eq!(wkt(&own, &kids), "GEOMETRYCOLLECTION ZM (POINT ZM (1 2 3 4),LINESTRING ZM (1 2 3 4,5 6 7 8))");
         let leaf = p(0, COORD_MAX, 1 << 27, 7);
         assert_eq!(hex::encode(ewkb(&leaf, &[])), POSTGIS_LEAF_NDR);
-        assert_eq!(
-            wkt(&leaf, &[]),
-            "GEOMETRYCOLLECTION ZM (POINT ZM (0 268435455 134217728 7))"
-        );
+        assert_eq!(wkt(&leaf, &[]), "GEOMETRYCOLLECTION ZM (POINT ZM (0 268435455 134217728 7))");
     }
 
     #[test]
     fn decodes_every_postgis_flavour() {
-        for h in [
-            POSTGIS_COMPOSITE_NDR,
-            POSTGIS_COMPOSITE_XDR,
-            POSTGIS_COMPOSITE_ISO,
-        ] {
-            assert_eq!(
-                decode_ewkb(&hex::decode(h).unwrap()),
-                Ok(composite()),
-                "{h}"
-            );
+        for h in [POSTGIS_COMPOSITE_NDR, POSTGIS_COMPOSITE_XDR, POSTGIS_COMPOSITE_ISO] {
+            assert_eq!(decode_ewkb(&hex::decode(h).unwrap()), Ok(composite()), "{h}");
         }
-        assert_eq!(
-            decode_ewkb(&hex::decode(POSTGIS_LEAF_NDR).unwrap()),
-            Ok((p(0, COORD_MAX, 1 << 27, 7), vec![]))
-        );
+        assert_eq!(decode_ewkb(&hex::decode(POSTGIS_LEAF_NDR).unwrap()), Ok((p(0, COORD_MAX, 1 << 27, 7), vec![])));
     }
 
     #[test]
@@ -398,13 +330,7 @@ mod tests {
         assert_eq!(decode_ewkb(&with_srid), Ok((own, vec![])));
         with_srid[5] = 0xe6; // SRID 4326 = 0x10e6
         with_srid[6] = 0x10;
-        assert_eq!(
-            decode_ewkb(&with_srid),
-            Err(GeomError::Srid {
-                offset: 5,
-                srid: 4326
-            })
-        );
+        assert_eq!(decode_ewkb(&with_srid), Err(GeomError::Srid { offset: 5, srid: 4326 }));
     }
 
     #[test]
@@ -415,51 +341,23 @@ mod tests {
         // Layout: collection header 0..9, point 9..46, linestring header 46..51, point
         // count 51..55, points from 55.
         let e = decode_ewkb(&good[..good.len() - 3]).unwrap_err();
-        assert_eq!(
-            e,
-            GeomError::Truncated {
-                offset: 55,
-                what: "linestring points",
-                needed: 64,
-                available: 61
-            }
-        );
+        assert_eq!(e, GeomError::Truncated { offset: 55, what: "linestring points", needed: 64, available: 61 });
         assert!(e.to_string().contains("byte 55"), "{e}");
 
         let mut bad = good.clone();
         bad[0] = 2;
-        assert_eq!(
-            decode_ewkb(&bad),
-            Err(GeomError::ByteOrder {
-                offset: 0,
-                found: 2
-            })
-        );
+        assert_eq!(decode_ewkb(&bad), Err(GeomError::ByteOrder { offset: 0, found: 2 }));
 
         // A POINT Z (no M) where the point should be.
         let mut bad = good.clone();
         bad[13] = 0x80;
-        assert!(matches!(
-            decode_ewkb(&bad),
-            Err(GeomError::GeometryType {
-                offset: 10,
-                expected: "POINT",
-                ..
-            })
-        ));
+        assert!(matches!(decode_ewkb(&bad), Err(GeomError::GeometryType { offset: 10, expected: "POINT", .. })));
 
         // x of the own point = 0.5.
         let mut bad = good.clone();
         bad[14..22].copy_from_slice(&0.5f64.to_le_bytes());
         let e = decode_ewkb(&bad).unwrap_err();
-        assert_eq!(
-            e,
-            GeomError::Coordinate {
-                offset: 14,
-                axis: 'x',
-                value: 0.5
-            }
-        );
+        assert_eq!(e, GeomError::Coordinate { offset: 14, axis: 'x', value: 0.5 });
         assert!(e.to_string().contains("byte 14"), "{e}");
 
         // m of the last child = 2^28, -1, NaN.
@@ -475,24 +373,12 @@ mod tests {
 
         let mut bad = good.clone();
         bad.push(0);
-        assert_eq!(
-            decode_ewkb(&bad),
-            Err(GeomError::TrailingBytes {
-                offset: good.len(),
-                count: 1
-            })
-        );
+        assert_eq!(decode_ewkb(&bad), Err(GeomError::TrailingBytes { offset: good.len(), count: 1 }));
 
         // Member counts other than 1 and 2.
         let mut bad = good.clone();
         bad[5] = 3;
-        assert_eq!(
-            decode_ewkb(&bad),
-            Err(GeomError::MemberCount {
-                offset: 5,
-                count: 3
-            })
-        );
+        assert_eq!(decode_ewkb(&bad), Err(GeomError::MemberCount { offset: 5, count: 3 }));
 
         // An empty linestring, and one claiming 2^32 - 1 points (no huge allocation).
         let mut bad = good[..51].to_vec();
@@ -500,15 +386,9 @@ mod tests {
         assert_eq!(decode_ewkb(&bad), Err(GeomError::EmptyLine { offset: 51 }));
         let mut bad = good.clone();
         bad[51..55].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            decode_ewkb(&bad),
-            Err(GeomError::Truncated { offset: 55, .. })
-        ));
+        assert!(matches!(decode_ewkb(&bad), Err(GeomError::Truncated { offset: 55, .. })));
 
-        assert!(matches!(
-            decode_ewkb(&[]),
-            Err(GeomError::Truncated { offset: 0, .. })
-        ));
+        assert!(matches!(decode_ewkb(&[]), Err(GeomError::Truncated { offset: 0, .. })));
     }
 
     #[test]

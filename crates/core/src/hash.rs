@@ -4,8 +4,17 @@ use std::fmt;
 use std::str::FromStr;
 
 /// BLAKE3 digest of an atom's canonical encoding (see [`crate::atom`]).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Hash(pub [u8; 32]);
+
+impl std::hash::Hash for Hash {
+    /// BLAKE3 output is already uniform: eight bytes are a perfect table hash, and hashing
+    /// all 32 would cost four times as much in every map keyed by `Hash`.
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.prefix_u64());
+    }
+}
 
 impl Hash {
     pub const LEN: usize = 32;

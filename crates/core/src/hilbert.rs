@@ -263,16 +263,7 @@ mod tests {
         // Any aligned run of 2^16 indices fills one aligned 256 × 256 square; check the first,
         // the last and some in between, at full order.
         let blocks = (1u64 << 40) - 1;
-        for block in [
-            0,
-            1,
-            12345,
-            1 << 20,
-            0xdead_beef,
-            blocks / 3,
-            blocks - 1,
-            blocks,
-        ] {
+        for block in [0, 1, 12345, 1 << 20, 0xdead_beef, blocks / 3, blocks - 1, blocks] {
             let base = block << 16;
             let (x0, y0) = decode(base);
             let (sx, sy) = (x0 & !255, y0 & !255);
@@ -297,9 +288,7 @@ mod tests {
     fn tables_agree_with_bitwise_reference() {
         let mut s = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..20_000 {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let (x, y) = ((s >> 8) as u32 & MAX, (s >> 36) as u32 & MAX);
             assert_eq!(encode(x, y), encode_bitwise(x, y));
         }

@@ -4,9 +4,7 @@ use crate::{hilbert, Modality, Position};
 
 /// `h_xy` = modality in the high byte, then the Hilbert index of `(x, y)`; `h_yz`, `h_zm` the
 /// Hilbert indices of `(y, z)` and `(z, m)`. All three are non-negative as `i64`.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct HilbertKey {
     pub h_xy: u64,
     pub h_yz: u64,
@@ -49,11 +47,7 @@ impl HilbertKey {
 
     pub fn from_bytes(b: &[u8; 24]) -> Self {
         let u = |r: std::ops::Range<usize>| u64::from_be_bytes(b[r].try_into().expect("8 bytes"));
-        HilbertKey {
-            h_xy: u(0..8),
-            h_yz: u(8..16),
-            h_zm: u(16..24),
-        }
+        HilbertKey { h_xy: u(0..8), h_yz: u(8..16), h_zm: u(16..24) }
     }
 }
 
@@ -69,19 +63,10 @@ impl std::str::FromStr for HilbertKey {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split(':').collect();
         if parts.len() != 3 {
-            return Err(format!(
-                "a Hilbert key is h_xy:h_yz:h_zm (three integers), got {s:?}"
-            ));
+            return Err(format!("a Hilbert key is h_xy:h_yz:h_zm (three integers), got {s:?}"));
         }
-        let p = |t: &str| {
-            t.parse::<u64>()
-                .map_err(|e| format!("{t:?} in Hilbert key: {e}"))
-        };
-        Ok(HilbertKey {
-            h_xy: p(parts[0])?,
-            h_yz: p(parts[1])?,
-            h_zm: p(parts[2])?,
-        })
+        let p = |t: &str| t.parse::<u64>().map_err(|e| format!("{t:?} in Hilbert key: {e}"));
+        Ok(HilbertKey { h_xy: p(parts[0])?, h_yz: p(parts[1])?, h_zm: p(parts[2])? })
     }
 }
 
@@ -149,46 +134,19 @@ mod tests {
         let p = Position::new(1, 2, 3, 4);
         let k = HilbertKey::new(Modality::Text, &p);
         // Unknown modality byte.
-        let unknown = HilbertKey {
-            h_xy: (0x7f << 56) | (k.h_xy & ((1 << 56) - 1)),
-            ..k
-        };
+        let unknown = HilbertKey { h_xy: (0x7f << 56) | (k.h_xy & ((1 << 56) - 1)), ..k };
         assert_eq!(unknown.decode(), None);
         // Bits above the 56-bit index in h_yz / h_zm.
-        assert_eq!(
-            HilbertKey {
-                h_yz: k.h_yz | 1 << 56,
-                ..k
-            }
-            .decode(),
-            None
-        );
-        assert_eq!(
-            HilbertKey {
-                h_zm: k.h_zm | 1 << 62,
-                ..k
-            }
-            .decode(),
-            None
-        );
+        assert_eq!(HilbertKey { h_yz: k.h_yz | 1 << 56, ..k }.decode(), None);
+        assert_eq!(HilbertKey { h_zm: k.h_zm | 1 << 62, ..k }.decode(), None);
         assert_eq!(k.decode(), Some((Modality::Text, p)));
     }
 
     #[test]
     fn text_form_errors_name_the_problem() {
-        assert!("1:2"
-            .parse::<HilbertKey>()
-            .unwrap_err()
-            .contains("three integers"));
+        assert!("1:2".parse::<HilbertKey>().unwrap_err().contains("three integers"));
         assert!("1:x:3".parse::<HilbertKey>().unwrap_err().contains("\"x\""));
-        assert_eq!(
-            "1:2:3".parse::<HilbertKey>(),
-            Ok(HilbertKey {
-                h_xy: 1,
-                h_yz: 2,
-                h_zm: 3
-            })
-        );
+        assert_eq!("1:2:3".parse::<HilbertKey>(), Ok(HilbertKey { h_xy: 1, h_yz: 2, h_zm: 3 }));
     }
 
     /// SplitMix64: a fixed sample stream, so the averages below are reproducible.

@@ -5,9 +5,7 @@ use std::str::FromStr;
 
 /// The kind of data an atom belongs to. The discriminant is the on-disk byte and the high byte
 /// of `h_xy`; never renumber (adding one needs a decision note).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[repr(u8)]
 pub enum Modality {
@@ -40,10 +38,7 @@ impl Modality {
     }
 
     pub fn from_u8(b: u8) -> Result<Self, UnknownModality> {
-        Self::ALL
-            .get(b as usize)
-            .copied()
-            .ok_or_else(|| UnknownModality(b.to_string()))
+        Self::ALL.get(b as usize).copied().ok_or_else(|| UnknownModality(b.to_string()))
     }
 
     pub fn name(self) -> &'static str {

@@ -15,19 +15,7 @@ const HASH_MASK: u32 = (1 << HASH_BITS) - 1;
 pub const COORD_MAX: u32 = (1 << COORD_BITS) - 1;
 
 /// `(x, y, z, m)`, each an unsigned integer below 2^28.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Position {
     pub x: u32,
     pub y: u32,
@@ -45,12 +33,7 @@ impl Position {
     }
 
     pub fn from_coords(c: [u32; 4]) -> Self {
-        Position {
-            x: c[0],
-            y: c[1],
-            z: c[2],
-            m: c[3],
-        }
+        Position { x: c[0], y: c[1], z: c[2], m: c[3] }
     }
 
     /// True when every coordinate fits in [`COORD_BITS`].
@@ -68,12 +51,7 @@ impl Position {
             let low = u32::from(u16::from_le_bytes([h[2 * i], h[2 * i + 1]])) & HASH_MASK;
             (f << HASH_BITS) | low
         };
-        Position {
-            x: c(0),
-            y: c(1),
-            z: c(2),
-            m: c(3),
-        }
+        Position { x: c(0), y: c(1), z: c(2), m: c(3) }
     }
 
     /// The feature part (high bits) of each coordinate.

@@ -33,25 +33,18 @@ pub struct NodeOut<'a> {
 
 impl NodeOut<'_> {
     pub fn as_child(&self) -> Child {
-        Child {
-            hash: self.hash,
-            pos: self.pos,
-        }
+        Child { hash: self.hash, pos: self.pos }
     }
 }
 
 /// True when a chunk may end after this child.
 #[inline]
 pub fn is_boundary(hash: &Hash) -> bool {
-    hash.boundary_bits() % AVG_FANOUT == 0
+    hash.boundary_bits().is_multiple_of(AVG_FANOUT)
 }
 
 /// Make one composite from `children` (two or more), reporting it to `sink`.
-pub fn make_node(
-    modality: Modality,
-    children: &[Child],
-    sink: &mut dyn FnMut(&NodeOut<'_>),
-) -> Child {
+pub fn make_node(modality: Modality, children: &[Child], sink: &mut dyn FnMut(&NodeOut<'_>)) -> Child {
     debug_assert!(children.len() >= 2);
     let hash = node_hash(modality, children.iter().map(|c| &c.hash));
     let mut centroid = Centroid::default();
@@ -59,12 +52,7 @@ pub fn make_node(
         centroid.add(&c.pos);
     }
     let pos = Position::from_features(centroid.features(), &hash);
-    let node = NodeOut {
-        modality,
-        hash,
-        pos,
-        children,
-    };
+    let node = NodeOut { modality, hash, pos, children };
     sink(&node);
     node.as_child()
 }
@@ -78,10 +66,7 @@ pub struct TreeBuilder {
 
 impl TreeBuilder {
     pub fn new(modality: Modality) -> Self {
-        TreeBuilder {
-            modality,
-            levels: Vec::new(),
-        }
+        TreeBuilder { modality, levels: Vec::new() }
     }
 
     /// Number of children pushed and not yet finished, over all levels.
@@ -149,11 +134,7 @@ pub struct GroupBuilder {
 
 impl GroupBuilder {
     pub fn new(modality: Modality) -> Self {
-        GroupBuilder {
-            modality,
-            buf: Vec::with_capacity(MAX_FANOUT),
-            overflow: None,
-        }
+        GroupBuilder { modality, buf: Vec::with_capacity(MAX_FANOUT), overflow: None }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -232,10 +213,7 @@ mod tests {
         for n in [2, 3, 17, 64, 65, 1000, 20_000] {
             let kids = leaves(n, 1);
             let (root, nodes) = build(&kids);
-            assert!(
-                nodes.iter().all(|&(_, k)| (2..=MAX_FANOUT).contains(&k)),
-                "n={n}"
-            );
+            assert!(nodes.iter().all(|&(_, k)| (2..=MAX_FANOUT).contains(&k)), "n={n}");
             assert_eq!(root.unwrap().hash, nodes.last().unwrap().0, "n={n}");
             let avg = n as f64 / nodes.iter().filter(|_| true).count() as f64;
             assert!(avg > 1.0);

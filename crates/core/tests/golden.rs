@@ -194,13 +194,7 @@ fn hilbert_indices() {
     let p = Position::new(0x0abc_def0, 0x0123_4567, 0x0fed_cba9, 0x0765_4321);
     for m in [Modality::Binary, Modality::Model] {
         let k = HilbertKey::new(m, &p);
-        writeln!(
-            out,
-            "{m} {} -> {k} = {}",
-            pos(&p),
-            hex::encode(k.to_bytes())
-        )
-        .unwrap();
+        writeln!(out, "{m} {} -> {k} = {}", pos(&p), hex::encode(k.to_bytes())).unwrap();
     }
     expect![[r#"
         (0, 0) -> 0
@@ -235,12 +229,8 @@ fn sample_atoms() -> (Position, Position, Vec<Position>) {
 #[test]
 fn geometry_of_a_leaf() {
     let (leaf, _, _) = sample_atoms();
-    let out = format!(
-        "{}\n{}\n{}\n",
-        geom::wkt(&leaf, &[]),
-        hex::encode(geom::ewkb(&leaf, &[])),
-        geom::geojson(&leaf, &[])
-    );
+    let out =
+        format!("{}\n{}\n{}\n", geom::wkt(&leaf, &[]), hex::encode(geom::ewkb(&leaf, &[])), geom::geojson(&leaf, &[]));
     expect![[r#"
         GEOMETRYCOLLECTION ZM (POINT ZM (8508748 80041013 12615065 7334545))
         01070000c00100000001010000c000000080a93a6041000000d45015934100000020b30f684100000040a4fa5b41
@@ -264,8 +254,5 @@ fn geometry_of_a_composite() {
         {"type":"GeometryCollection","geometries":[{"type":"Point","coordinates":[63346195,53386195,8413424,4910192]},{"type":"LineString","coordinates":[[8508748,80041013,12615065,7334545],[173079296,117770,36844,5755],[8508748,80041013,12615065,7334545]]}]}
     "#]]
     .assert_eq(&out);
-    assert_eq!(
-        geom::decode_ewkb(&geom::ewkb(&node, &kids)),
-        Ok((node, kids))
-    );
+    assert_eq!(geom::decode_ewkb(&geom::ewkb(&node, &kids)), Ok((node, kids)));
 }

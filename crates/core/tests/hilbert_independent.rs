@@ -75,31 +75,15 @@ impl SplitMix {
 
 fn check_point(x: u32, y: u32) {
     let d = encode(x, y);
-    assert_eq!(
-        d,
-        fast_hilbert::xy2h(x, y, ORDER as u8),
-        "fast_hilbert at ({x},{y})"
-    );
-    assert_eq!(
-        d as i64,
-        wiki_xy2d(N, i64::from(x), i64::from(y)),
-        "textbook at ({x},{y})"
-    );
+    assert_eq!(d, fast_hilbert::xy2h(x, y, ORDER as u8), "fast_hilbert at ({x},{y})");
+    assert_eq!(d as i64, wiki_xy2d(N, i64::from(x), i64::from(y)), "textbook at ({x},{y})");
 }
 
 fn check_index(d: u64) {
     let p = decode(d);
-    assert_eq!(
-        p,
-        fast_hilbert::h2xy::<u32>(d, ORDER as u8),
-        "fast_hilbert at {d}"
-    );
+    assert_eq!(p, fast_hilbert::h2xy::<u32>(d, ORDER as u8), "fast_hilbert at {d}");
     let (wx, wy) = wiki_d2xy(N, d as i64);
-    assert_eq!(
-        (i64::from(p.0), i64::from(p.1)),
-        (wx, wy),
-        "textbook at {d}"
-    );
+    assert_eq!((i64::from(p.0), i64::from(p.1)), (wx, wy), "textbook at {d}");
 }
 
 #[test]
@@ -118,17 +102,7 @@ fn corners_and_edges() {
         check_point(x, y);
         check_index(encode(x, y));
     }
-    for d in [
-        0,
-        1,
-        2,
-        3,
-        4,
-        (1 << 54) - 1,
-        1 << 54,
-        (1 << 56) - 2,
-        (1 << 56) - 1,
-    ] {
+    for d in [0, 1, 2, 3, 4, (1 << 54) - 1, 1 << 54, (1 << 56) - 2, (1 << 56) - 1] {
         check_index(d);
     }
 }

@@ -18,16 +18,21 @@ const RUN_MAGIC: &[u8; 8] = b"HARTRUN1";
 const RUN_HEADER: usize = 40;
 /// Entries per fence block.
 const BLOCK: usize = 128;
+/// Bits per key of run blooms and of a freshly sized global bloom.
 const BLOOM_BITS_PER_KEY: u64 = 10;
-const BLOOM_K: u32 = 7;
+/// Probes per key, all inside one 512-bit block (one cache line).
+const BLOOM_K: u32 = 6;
+const BLOCK_WORDS: usize = 8;
 
 /// One immutable sorted run.
 pub struct Run<const K: usize> {
     pub id: u64,
     pub path: PathBuf,
-    map: Option<Mmap>,
+    map: Mmap,
     count: usize,
-    bloom: Vec<u64>,
+    /// Where the bloom words start in the map, and how many blocks there are.
+    bloom_at: usize,
+    blocks: usize,
     fences: Vec<[u8; K]>,
 }
 
@@ -38,38 +43,68 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Two independent 64-bit hashes of a key.
 #[inline]
-fn key_hashes<const K: usize>(key: &[u8; K]) -> (u64, u64) {
+pub fn key_hashes<const K: usize>(key: &[u8; K]) -> (u64, u64) {
     let mut a = 0x9e37_79b9_7f4a_7c15u64;
     for chunk in key.chunks(8) {
         let mut b = [0u8; 8];
         b[..chunk.len()].copy_from_slice(chunk);
         a = mix(a ^ u64::from_le_bytes(b));
     }
-    (a, mix(a ^ 0x5851_f42d_4c95_7f2d) | 1)
+    (a, mix(a ^ 0x5851_f42d_4c95_7f2d))
 }
 
-fn bloom_bits(count: usize) -> u64 {
-    ((count as u64 * BLOOM_BITS_PER_KEY).max(64) + 63) / 64 * 64
+fn blocks_for(keys: usize, bits_per_key: u64) -> usize {
+    ((keys as u64 * bits_per_key).div_ceil(512)).max(1) as usize
 }
 
-fn bloom_set<const K: usize>(bloom: &mut [u64], key: &[u8; K]) {
-    let m = bloom.len() as u64 * 64;
-    let (h1, h2) = key_hashes(key);
-    for i in 0..u64::from(BLOOM_K) {
-        let bit = h1.wrapping_add(i.wrapping_mul(h2)) % m;
-        bloom[(bit / 64) as usize] |= 1 << (bit % 64);
-    }
-}
-
+/// The block and the (word, mask) probes of a key in a blocked bloom of `blocks` blocks.
 #[inline]
-fn bloom_has<const K: usize>(bloom: &[u64], key: &[u8; K]) -> bool {
-    let m = bloom.len() as u64 * 64;
-    let (h1, h2) = key_hashes(key);
-    (0..u64::from(BLOOM_K)).all(|i| {
-        let bit = h1.wrapping_add(i.wrapping_mul(h2)) % m;
-        bloom[(bit / 64) as usize] & (1 << (bit % 64)) != 0
-    })
+fn probes(blocks: usize, (h1, h2): (u64, u64)) -> (usize, [(usize, u64); BLOOM_K as usize]) {
+    let b = ((u128::from(h1) * blocks as u128) >> 64) as usize;
+    let mut out = [(0usize, 0u64); BLOOM_K as usize];
+    for (i, o) in out.iter_mut().enumerate() {
+        let bit = (h2 >> (9 * i)) & 511;
+        *o = (b * BLOCK_WORDS + (bit >> 6) as usize, 1u64 << (bit & 63));
+    }
+    (b, out)
+}
+
+/// A blocked bloom filter in memory (the writer's global filter over all runs of an index).
+pub struct Bloom {
+    words: Vec<u64>,
+    keys: usize,
+    capacity: usize,
+}
+
+impl Bloom {
+    pub fn with_capacity(capacity: usize, bits_per_key: u64) -> Self {
+        Bloom { words: vec![0; blocks_for(capacity, bits_per_key) * BLOCK_WORDS], keys: 0, capacity }
+    }
+
+    #[inline]
+    pub fn insert(&mut self, h: (u64, u64)) {
+        let blocks = self.words.len() / BLOCK_WORDS;
+        for (w, m) in probes(blocks, h).1 {
+            self.words[w] |= m;
+        }
+        self.keys += 1;
+    }
+
+    #[inline]
+    pub fn contains(&self, h: (u64, u64)) -> bool {
+        let blocks = self.words.len() / BLOCK_WORDS;
+        probes(blocks, h).1.iter().all(|&(w, m)| self.words[w] & m != 0)
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.keys > self.capacity
+    }
+
+    pub fn memory(&self) -> usize {
+        self.words.len() * 8
+    }
 }
 
 impl<const K: usize> Run<K> {
@@ -95,12 +130,15 @@ impl<const K: usize> Run<K> {
         let f = File::create(&tmp).map_err(io("create"))?;
         let mut w = BufWriter::with_capacity(1 << 20, f);
         w.write_all(&[0u8; RUN_HEADER]).map_err(io("write"))?;
-        let mut bloom = vec![0u64; (bloom_bits(cap) / 64) as usize];
+        let blocks = blocks_for(cap, BLOOM_BITS_PER_KEY);
+        let mut bloom = vec![0u64; blocks * BLOCK_WORDS];
         let mut crc = crc32fast::Hasher::new();
         let mut count = 0u64;
         let mut entry = [0u8; 64];
         for (k, v) in entries {
-            bloom_set(&mut bloom, &k);
+            for (w, m) in probes(blocks, key_hashes(&k)).1 {
+                bloom[w] |= m;
+            }
             entry[..K].copy_from_slice(&k);
             entry[K..K + 8].copy_from_slice(&v.to_le_bytes());
             crc.update(&entry[..K + 8]);
@@ -119,9 +157,7 @@ impl<const K: usize> Run<K> {
         header[32..40].copy_from_slice(&u64::from(crc.finalize()).to_le_bytes());
         w.seek(SeekFrom::Start(0)).map_err(io("seek"))?;
         w.write_all(&header).map_err(io("write"))?;
-        let f = w
-            .into_inner()
-            .map_err(|e| StoreError::io("write", &tmp, e.into_error()))?;
+        let f = w.into_inner().map_err(|e| StoreError::io("write", &tmp, e.into_error()))?;
         f.sync_all().map_err(io("sync"))?;
         std::fs::rename(&tmp, &path).map_err(io("rename"))?;
         Run::open(&path, id)
@@ -129,11 +165,7 @@ impl<const K: usize> Run<K> {
 
     /// Open a run, checking its header and checksum, loading bloom and fences.
     pub fn open(path: &Path, id: u64) -> Result<Run<K>, StoreError> {
-        let corrupt = |what: &str| StoreError::Corrupt {
-            path: path.to_path_buf(),
-            offset: 0,
-            what: what.to_string(),
-        };
+        let corrupt = |what: &str| StoreError::Corrupt { path: path.to_path_buf(), offset: 0, what: what.to_string() };
         let f = File::open(path).map_err(|e| StoreError::io("read", path, e))?;
         // SAFETY: runs are immutable once renamed into place; they are only ever deleted.
         let map = unsafe { Mmap::map(&f) }.map_err(|e| StoreError::io("map", path, e))?;
@@ -149,24 +181,11 @@ impl<const K: usize> Run<K> {
         if u64::from(crc32fast::hash(&map[Self::HEADER..])) != sum {
             return Err(corrupt("index run checksum mismatch"));
         }
-        let bloom = map[body..]
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8")))
-            .collect();
-        let mut run = Run {
-            id,
-            path: path.to_path_buf(),
-            map: None,
-            count,
-            bloom,
-            fences: Vec::new(),
-        };
-        run.fences = (0..count)
-            .step_by(BLOCK)
-            .map(|i| *Self::key_at(&map, i))
-            .collect();
-        run.map = Some(map);
-        Ok(run)
+        if words % BLOCK_WORDS != 0 || words == 0 {
+            return Err(corrupt("index run has a malformed bloom filter"));
+        }
+        let fences = (0..count).step_by(BLOCK).map(|i| *Self::key_at(&map, i)).collect();
+        Ok(Run { id, path: path.to_path_buf(), map, count, bloom_at: body, blocks: words / BLOCK_WORDS, fences })
     }
 
     #[inline]
@@ -177,12 +196,9 @@ impl<const K: usize> Run<K> {
 
     #[inline]
     fn entry(&self, i: usize) -> (&[u8; K], u64) {
-        let map = self.map.as_deref().expect("mapped");
+        let map = &self.map[..];
         let p = Self::HEADER + i * Self::ENTRY;
-        (
-            map[p..p + K].try_into().expect("K"),
-            u64::from_le_bytes(map[p + K..p + K + 8].try_into().expect("8")),
-        )
+        (map[p..p + K].try_into().expect("K"), u64::from_le_bytes(map[p + K..p + K + 8].try_into().expect("8")))
     }
 
     pub fn len(&self) -> usize {
@@ -208,10 +224,19 @@ impl<const K: usize> Run<K> {
         a
     }
 
-    /// Append the offsets stored under `key` to `out`.
     #[inline]
-    pub fn find(&self, key: &[u8; K], out: &mut Vec<u64>) {
-        if self.count == 0 || !bloom_has(&self.bloom, key) {
+    fn may_contain(&self, h: (u64, u64)) -> bool {
+        let word = |w: usize| {
+            u64::from_le_bytes(self.map[self.bloom_at + 8 * w..self.bloom_at + 8 * w + 8].try_into().expect("8"))
+        };
+        probes(self.blocks, h).1.iter().all(|&(w, m)| word(w) & m != 0)
+    }
+
+    /// Append the offsets stored under `key` to `out`; `filtered` skips this run's own bloom
+    /// (the caller already asked a global one).
+    #[inline]
+    pub fn find(&self, key: &[u8; K], filtered: bool, out: &mut Vec<u64>) {
+        if self.count == 0 || (!filtered && !self.may_contain(key_hashes(key))) {
             return;
         }
         let mut i = self.lower_bound(key);
@@ -246,25 +271,41 @@ impl<const K: usize> Run<K> {
         })
     }
 
-    /// Bytes the bloom filter and fences take in memory.
+    /// Bytes the fences take in memory (the bloom stays in the mapped file).
     pub fn memory(&self) -> usize {
-        self.bloom.len() * 8 + self.fences.len() * K
+        self.fences.len() * K
     }
 }
 
-/// The runs of one index, oldest first.
+/// Runs below this size share the lowest merge level.
+const LEVEL_BASE: usize = 1 << 18;
+/// Runs of one level merged together.
+const FANOUT: usize = 4;
+/// Bits per key of the global bloom when it is (re)built.
+const GLOBAL_BITS_PER_KEY: u64 = 8;
+
+fn level(count: usize) -> u32 {
+    let mut l = 0;
+    let mut c = count / LEVEL_BASE;
+    while c >= FANOUT {
+        c /= FANOUT;
+        l += 1;
+    }
+    l
+}
+
+/// The runs of one index, oldest first, and (for a writer) one bloom filter over all of
+/// them, so that a lookup of an absent key costs one cache miss however many runs there are.
 pub struct Runs<const K: usize> {
     pub prefix: &'static str,
     pub runs: Vec<Run<K>>,
+    global: Option<Bloom>,
 }
 
 impl<const K: usize> Runs<K> {
     #[cfg(test)]
     pub fn new(prefix: &'static str) -> Self {
-        Runs {
-            prefix,
-            runs: Vec::new(),
-        }
+        Runs { prefix, runs: Vec::new(), global: None }
     }
 
     pub fn open(dir: &Path, prefix: &'static str, ids: &[u64]) -> Result<Self, StoreError> {
@@ -272,7 +313,19 @@ impl<const K: usize> Runs<K> {
         for &id in ids {
             runs.push(Run::open(&dir.join(format!("{prefix}-{id:08}.run")), id)?);
         }
-        Ok(Runs { prefix, runs })
+        Ok(Runs { prefix, runs, global: None })
+    }
+
+    /// Build the global bloom (writers): one pass over every run.
+    pub fn build_global(&mut self) {
+        let n: usize = self.runs.iter().map(Run::len).sum();
+        let mut g = Bloom::with_capacity((n + n / 2).max(1 << 20), GLOBAL_BITS_PER_KEY);
+        for r in &self.runs {
+            for (k, _) in r.iter() {
+                g.insert(key_hashes(&k));
+            }
+        }
+        self.global = Some(g);
     }
 
     pub fn ids(&self) -> Vec<u64> {
@@ -281,15 +334,24 @@ impl<const K: usize> Runs<K> {
 
     #[inline]
     pub fn find(&self, key: &[u8; K], out: &mut Vec<u64>) {
+        let filtered = match &self.global {
+            Some(g) => {
+                if !g.contains(key_hashes(key)) {
+                    return;
+                }
+                true
+            }
+            None => false,
+        };
         for r in self.runs.iter().rev() {
-            r.find(key, out);
+            r.find(key, filtered, out);
         }
     }
 
-    /// Add a run built from `entries` (sorted by key then value), then merge while the newest
-    /// run is at least half the size of the one before it. `keep(offset)` says which entries
-    /// survive a merge. Returns the paths of runs that were merged away (delete them once
-    /// the manifest no longer lists them).
+    /// Add a run built from `entries` (sorted by key then value), then merge runs level by
+    /// level, [`FANOUT`] at a time. `keep(offset)` says which entries survive a merge.
+    /// Returns the paths of runs merged away (delete them once the manifest no longer lists
+    /// them).
     pub fn add(
         &mut self,
         dir: &Path,
@@ -301,41 +363,41 @@ impl<const K: usize> Runs<K> {
         if entries.is_empty() {
             return Ok(obsolete);
         }
+        if let Some(g) = &mut self.global {
+            for (k, _) in &entries {
+                g.insert(key_hashes(k));
+            }
+        }
         let id = *next_id;
         *next_id += 1;
         let n = entries.len();
-        self.runs
-            .push(Run::write(dir, id, self.prefix, n, entries.into_iter())?);
-        while self.runs.len() >= 2 {
+        self.runs.push(Run::write(dir, id, self.prefix, n, entries.into_iter())?);
+        loop {
             let n = self.runs.len();
-            if self.runs[n - 1].len() * 2 < self.runs[n - 2].len() {
+            if n < FANOUT {
                 break;
             }
-            let b = self.runs.pop().expect("two runs");
-            let a = self.runs.pop().expect("two runs");
+            let top = level(self.runs[n - 1].len());
+            if !self.runs[n - FANOUT..].iter().all(|r| level(r.len()) == top) {
+                break;
+            }
+            let group: Vec<Run<K>> = self.runs.drain(n - FANOUT..).collect();
+            let cap = group.iter().map(Run::len).sum();
             let id = *next_id;
             *next_id += 1;
-            let run = Run::write(
-                dir,
-                id,
-                self.prefix,
-                a.len() + b.len(),
-                Merge {
-                    a: a.iter().peekable(),
-                    b: b.iter().peekable(),
-                    keep,
-                    last: None,
-                },
-            )?;
-            obsolete.push(a.path.clone());
-            obsolete.push(b.path.clone());
+            let merged = Merge { sources: group.iter().map(|r| r.iter().peekable()).collect(), keep, last: None };
+            let run = Run::write(dir, id, self.prefix, cap, merged)?;
+            obsolete.extend(group.iter().map(|r| r.path.clone()));
             self.runs.push(run);
+        }
+        if self.global.as_ref().is_some_and(Bloom::is_full) {
+            self.build_global();
         }
         Ok(obsolete)
     }
 
     pub fn memory(&self) -> usize {
-        self.runs.iter().map(Run::memory).sum()
+        self.runs.iter().map(Run::memory).sum::<usize>() + self.global.as_ref().map_or(0, Bloom::memory)
     }
 
     #[cfg(test)]
@@ -344,37 +406,34 @@ impl<const K: usize> Runs<K> {
     }
 }
 
-/// Merge of two sorted entry streams, dropping exact duplicates and entries `keep` rejects.
-struct Merge<'a, A: Iterator, B: Iterator, const K: usize> {
-    a: std::iter::Peekable<A>,
-    b: std::iter::Peekable<B>,
+/// K-way merge of sorted entry streams, dropping exact duplicates and entries `keep`
+/// rejects.
+struct Merge<'a, I: Iterator, const K: usize> {
+    sources: Vec<std::iter::Peekable<I>>,
     keep: &'a dyn Fn(u64) -> bool,
     last: Option<([u8; K], u64)>,
 }
 
-impl<A, B, const K: usize> Iterator for Merge<'_, A, B, K>
+impl<I, const K: usize> Iterator for Merge<'_, I, K>
 where
-    A: Iterator<Item = ([u8; K], u64)>,
-    B: Iterator<Item = ([u8; K], u64)>,
+    I: Iterator<Item = ([u8; K], u64)>,
 {
     type Item = ([u8; K], u64);
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let next = match (self.a.peek(), self.b.peek()) {
-                (None, None) => return None,
-                (Some(_), None) => self.a.next(),
-                (None, Some(_)) => self.b.next(),
-                (Some(x), Some(y)) => {
-                    if x <= y {
-                        self.a.next()
-                    } else {
-                        self.b.next()
+            let mut best: Option<(usize, ([u8; K], u64))> = None;
+            for (i, s) in self.sources.iter_mut().enumerate() {
+                if let Some(&e) = s.peek() {
+                    if best.is_none_or(|(_, b)| e < b) {
+                        best = Some((i, e));
                     }
                 }
-            }?;
-            if (self.keep)(next.1) && self.last != Some(next) {
-                self.last = Some(next);
-                return Some(next);
+            }
+            let (i, e) = best?;
+            self.sources[i].next();
+            if (self.keep)(e.1) && self.last != Some(e) {
+                self.last = Some(e);
+                return Some(e);
             }
         }
     }
@@ -390,17 +449,17 @@ mod tests {
         let mut runs: Runs<8> = Runs::new("t");
         let mut next = 1;
         let mut all = Vec::new();
-        for round in 0..5u64 {
-            let mut entries: Vec<([u8; 8], u64)> = (0..1000u64)
-                .map(|i| (((i * 7919 + round) % 5000).to_be_bytes(), round * 1000 + i))
-                .collect();
+        for round in 0..9u64 {
+            let mut entries: Vec<([u8; 8], u64)> =
+                (0..1000u64).map(|i| (((i * 7919 + round) % 5000).to_be_bytes(), round * 1000 + i)).collect();
             entries.sort();
             all.extend(entries.clone());
             for p in runs.add(dir.path(), &mut next, entries, &|_| true).unwrap() {
                 std::fs::remove_file(p).unwrap();
             }
         }
-        assert!(runs.runs.len() <= 3, "{} runs", runs.runs.len());
+        assert!(runs.runs.len() <= 6, "{} runs", runs.runs.len());
+        runs.build_global();
         for (k, v) in all.iter().step_by(37) {
             let mut out = Vec::new();
             runs.find(k, &mut out);

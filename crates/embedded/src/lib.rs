@@ -23,8 +23,8 @@ mod varint;
 use hart_core::features::leaf_identity;
 use hart_core::{atom::leaf_hash, AtomKind, Hash, HilbertKey, Modality, Position};
 use hart_store::{
-    AtomRecord, Batch, FsckReport, GcReport, ObjectInfo, ObjectSummary, Session, SourceInfo, Stats,
-    Status, Store, StoreError,
+    AtomRecord, Batch, FsckReport, GcReport, ObjectInfo, ObjectSummary, Session, SourceInfo, Stats, Status, Store,
+    StoreError,
 };
 use index::Runs;
 use log::{Log, LogPos};
@@ -115,11 +115,7 @@ struct CommitInfo {
 }
 
 fn corrupt(path: &Path, offset: u64, what: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        path: path.to_path_buf(),
-        offset,
-        what: what.into(),
-    }
+    StoreError::Corrupt { path: path.to_path_buf(), offset, what: what.into() }
 }
 
 impl Derived {
@@ -166,35 +162,21 @@ impl Derived {
     /// that reach zero are pushed to `zeros`.
     fn kill(&mut self, log: &Log, off: u64, zeros: &mut Vec<u64>) -> Result<u64, StoreError> {
         if self.state.refcount(off) != 0 {
-            return Err(corrupt(
-                log.dir(),
-                off,
-                "gc of an atom that is still referenced",
-            ));
+            return Err(corrupt(log.dir(), off, "gc of an atom that is still referenced"));
         }
-        let bytes = log
-            .at(off)
-            .ok_or_else(|| corrupt(log.dir(), off, "gc of an atom outside the log"))?;
-        let (rec, len) = record::decode(bytes, off)
-            .ok_or_else(|| corrupt(log.dir(), off, "undecodable record"))?;
+        let bytes = log.at(off).ok_or_else(|| corrupt(log.dir(), off, "gc of an atom outside the log"))?;
+        let (rec, len) = record::decode(bytes, off).ok_or_else(|| corrupt(log.dir(), off, "undecodable record"))?;
         let (modality, hash, pos) = match rec {
             Rec::Leaf { modality, value } => {
-                let m = Modality::from_u8(modality)
-                    .map_err(|e| corrupt(log.dir(), off, e.to_string()))?;
+                let m = Modality::from_u8(modality).map_err(|e| corrupt(log.dir(), off, e.to_string()))?;
                 let c = self.state.counters.at(modality);
                 c.leaves -= 1;
                 c.leaf_bytes -= value.len() as u64;
                 let (h, p) = leaf_identity(m, value);
                 (m, h, p)
             }
-            Rec::Node {
-                modality,
-                hash,
-                pos,
-                children,
-            } => {
-                let m = Modality::from_u8(modality)
-                    .map_err(|e| corrupt(log.dir(), off, e.to_string()))?;
+            Rec::Node { modality, hash, pos, children } => {
+                let m = Modality::from_u8(modality).map_err(|e| corrupt(log.dir(), off, e.to_string()))?;
                 self.state.counters.at(modality).composites -= 1;
                 let mut kids: Vec<u64> = children.collect();
                 kids.sort_unstable();
@@ -203,24 +185,12 @@ impl Derived {
                     match self.state.decref(k) {
                         Some(0) => zeros.push(k),
                         Some(_) => {}
-                        None => {
-                            return Err(corrupt(
-                                log.dir(),
-                                k,
-                                "reference count would go below zero",
-                            ))
-                        }
+                        None => return Err(corrupt(log.dir(), k, "reference count would go below zero")),
                     }
                 }
                 (m, hash, pos)
             }
-            _ => {
-                return Err(corrupt(
-                    log.dir(),
-                    off,
-                    "gc of a record that is not an atom",
-                ))
-            }
+            _ => return Err(corrupt(log.dir(), off, "gc of a record that is not an atom")),
         };
         if self.hmem.get(&hash) == Some(&off) {
             self.hmem.remove(&hash);
@@ -252,24 +222,14 @@ impl Derived {
             completed_at: None,
             error: None,
         };
-        self.state.objects.insert(
-            id,
-            ObjEntry {
-                info,
-                root_off: None,
-            },
-        );
+        self.state.objects.insert(id, ObjEntry { info, root_off: None });
         self.state.next_object = self.state.next_object.max(id + 1);
         Ok(())
     }
 
     fn obj_commit(&mut self, id: u64, root: u64, json: &[u8]) -> Result<(), String> {
         let c: CommitInfo = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-        let e = self
-            .state
-            .objects
-            .get_mut(&id)
-            .ok_or_else(|| format!("commit of unknown object {id}"))?;
+        let e = self.state.objects.get_mut(&id).ok_or_else(|| format!("commit of unknown object {id}"))?;
         e.info.status = c.status;
         e.info.root = Some(c.root);
         e.info.source_hash = Some(c.source_hash);
@@ -286,11 +246,7 @@ impl Derived {
     }
 
     fn obj_fail(&mut self, id: u64, msg: &[u8]) -> Result<(), String> {
-        let e = self
-            .state
-            .objects
-            .get_mut(&id)
-            .ok_or_else(|| format!("failure of unknown object {id}"))?;
+        let e = self.state.objects.get_mut(&id).ok_or_else(|| format!("failure of unknown object {id}"))?;
         e.info.status = Status::Failed;
         e.info.error = Some(String::from_utf8_lossy(msg).into_owned());
         e.info.completed_at = Some(hart_store::now_ms());
@@ -298,18 +254,12 @@ impl Derived {
     }
 
     fn obj_delete(&mut self, id: u64) -> Result<(), String> {
-        let e = self
-            .state
-            .objects
-            .get_mut(&id)
-            .ok_or_else(|| format!("delete of unknown object {id}"))?;
+        let e = self.state.objects.get_mut(&id).ok_or_else(|| format!("delete of unknown object {id}"))?;
         let was = e.info.status;
         e.info.status = Status::Deleted;
         if was == Status::Completed {
             let root = e.root_off.ok_or("completed object without root")?;
-            self.state
-                .decref(root)
-                .ok_or_else(|| format!("object {id}'s root has no reference to release"))?;
+            self.state.decref(root).ok_or_else(|| format!("object {id}'s root has no reference to release"))?;
         }
         Ok(())
     }
@@ -323,15 +273,9 @@ impl Derived {
                 let (h, p) = leaf_identity(m, value);
                 self.leaf(off, m, value, h, &p);
             }
-            Rec::Node {
-                modality,
-                hash,
-                pos,
-                mut children,
-            } => {
+            Rec::Node { modality, hash, pos, mut children } => {
                 let m = Modality::from_u8(modality).map_err(|e| bad(e.to_string()))?;
-                self.node(off, m, hash, &pos, &mut children, 0)
-                    .map_err(bad)?;
+                self.node(off, m, hash, &pos, &mut children, 0).map_err(bad)?;
             }
             Rec::ObjBegin { id, json } => self.obj_begin(id, json).map_err(bad)?,
             Rec::ObjCommit { id, root, json } => self.obj_commit(id, root, json).map_err(bad)?,
@@ -365,10 +309,7 @@ impl Inner {
 
     #[inline]
     fn rec(&self, off: u64) -> Result<(Rec<'_>, usize), StoreError> {
-        let bytes = self
-            .log
-            .at(off)
-            .ok_or_else(|| corrupt(&self.dir, off, "atom offset outside the log"))?;
+        let bytes = self.log.at(off).ok_or_else(|| corrupt(&self.dir, off, "atom offset outside the log"))?;
         record::decode(bytes, off).ok_or_else(|| corrupt(&self.dir, off, "undecodable record"))
     }
 
@@ -376,17 +317,11 @@ impl Inner {
     fn identity(&self, off: u64) -> Result<(Modality, Hash, Position, AtomKind), StoreError> {
         match self.rec(off)?.0 {
             Rec::Leaf { modality, value } => {
-                let m = Modality::from_u8(modality)
-                    .map_err(|e| corrupt(&self.dir, off, e.to_string()))?;
+                let m = Modality::from_u8(modality).map_err(|e| corrupt(&self.dir, off, e.to_string()))?;
                 let (h, p) = leaf_identity(m, value);
                 Ok((m, h, p, AtomKind::Leaf))
             }
-            Rec::Node {
-                modality,
-                hash,
-                pos,
-                ..
-            } => Ok((
+            Rec::Node { modality, hash, pos, .. } => Ok((
                 Modality::from_u8(modality).map_err(|e| corrupt(&self.dir, off, e.to_string()))?,
                 hash,
                 pos,
@@ -400,10 +335,9 @@ impl Inner {
     #[inline]
     fn hash_at(&self, off: u64) -> Result<Hash, StoreError> {
         match self.rec(off)?.0 {
-            Rec::Leaf { modality, value } => Ok(leaf_hash(
-                Modality::from_u8(modality).map_err(|e| corrupt(&self.dir, off, e.to_string()))?,
-                value,
-            )),
+            Rec::Leaf { modality, value } => {
+                Ok(leaf_hash(Modality::from_u8(modality).map_err(|e| corrupt(&self.dir, off, e.to_string()))?, value))
+            }
             Rec::Node { hash, .. } => Ok(hash),
             _ => Err(corrupt(&self.dir, off, "offset does not hold an atom")),
         }
@@ -418,8 +352,7 @@ impl Inner {
             }
         }
         let mut cand = Vec::new();
-        self.hruns
-            .find(hash.0[..16].try_into().expect("16"), &mut cand);
+        self.hruns.find(hash.0[..16].try_into().expect("16"), &mut cand);
         for o in cand {
             if !self.d.state.is_dead(o) && self.hash_at(o)? == *hash {
                 return Ok(Some(o));
@@ -453,12 +386,7 @@ impl Inner {
         let (modality, hash, position, kind) = self.identity(off)?;
         let (value, children) = match self.rec(off)?.0 {
             Rec::Leaf { value, .. } => (Some(value.to_vec()), Vec::new()),
-            Rec::Node { children, .. } => (
-                None,
-                children
-                    .map(|c| self.hash_at(c))
-                    .collect::<Result<Vec<_>, _>>()?,
-            ),
+            Rec::Node { children, .. } => (None, children.map(|c| self.hash_at(c)).collect::<Result<Vec<_>, _>>()?),
             _ => unreachable!("identity checked the kind"),
         };
         Ok(AtomRecord {
@@ -487,11 +415,7 @@ impl Inner {
     /// Write the pending frame (visible to readers, safe from a process crash) and sync when
     /// enough has accumulated or `sync` asks.
     fn write_frame(&mut self, sync: bool) -> Result<(), StoreError> {
-        let r = if sync || self.log.unsynced() >= SYNC_BYTES {
-            self.log.sync()
-        } else {
-            self.log.write_frame()
-        };
+        let r = if sync || self.log.unsynced() >= SYNC_BYTES { self.log.sync() } else { self.log.write_frame() };
         self.poison(r)
     }
 
@@ -527,13 +451,8 @@ impl Inner {
             obsolete.extend(self.hruns.add(&index_dir, &mut next, e, &keep)?);
         }
         if !self.d.kmem.is_empty() {
-            let mut e: Vec<([u8; 8], u64)> = self
-                .d
-                .kmem
-                .iter()
-                .filter(|(_, &o)| keep(o))
-                .map(|(k, &o)| (k.h_xy.to_be_bytes(), o))
-                .collect();
+            let mut e: Vec<([u8; 8], u64)> =
+                self.d.kmem.iter().filter(|(_, &o)| keep(o)).map(|(k, &o)| (k.h_xy.to_be_bytes(), o)).collect();
             e.sort_unstable();
             obsolete.extend(self.kruns.add(&index_dir, &mut next, e, &keep)?);
         }
@@ -541,9 +460,7 @@ impl Inner {
         self.d.kmem.clear();
         let generation = self.manifest.generation + 1;
         let state_dir = self.dir.join("state");
-        self.d
-            .state
-            .save(&state_dir.join(format!("state-{generation:08}.bin")))?;
+        self.d.state.save(&state_dir.join(format!("state-{generation:08}.bin")))?;
         let old_state = self.manifest.state;
         let m = Manifest {
             format: STORE_FORMAT,
@@ -572,8 +489,7 @@ fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), StoreError> {
     let tmp = dir.join("MANIFEST.tmp");
     let json = serde_json::to_vec_pretty(m).map_err(|e| StoreError::Backend(e.to_string()))?;
     let mut f = std::fs::File::create(&tmp).map_err(|e| StoreError::io("create", &tmp, e))?;
-    f.write_all(&json)
-        .map_err(|e| StoreError::io("write", &tmp, e))?;
+    f.write_all(&json).map_err(|e| StoreError::io("write", &tmp, e))?;
     f.sync_all().map_err(|e| StoreError::io("sync", &tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| StoreError::io("rename", &tmp, e))?;
     log::sync_dir(dir)
@@ -588,11 +504,7 @@ fn read_manifest(dir: &Path) -> Result<Option<Manifest>, StoreError> {
                 reason: format!("unreadable MANIFEST: {e}"),
             })?;
             if m.format != STORE_FORMAT {
-                return Err(StoreError::Version {
-                    path,
-                    found: m.format,
-                    expected: STORE_FORMAT,
-                });
+                return Err(StoreError::Version { path, found: m.format, expected: STORE_FORMAT });
             }
             Ok(Some(m))
         }
@@ -614,27 +526,18 @@ impl EmbeddedStore {
             if !writable {
                 return Err(StoreError::NotFound {
                     what: "store at",
-                    id: format!(
-                        "{} (ingest something first, or pass --store)",
-                        dir.display()
-                    ),
+                    id: format!("{} (ingest something first, or pass --store)", dir.display()),
                 });
             }
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
         }
-        let lock = if writable {
-            Some(take_lock(dir)?)
-        } else {
-            None
-        };
+        let lock = if writable { Some(take_lock(dir)?) } else { None };
         // A reader may race a writer's checkpoint (files renamed away under it): retry.
         let mut attempt = 0;
         let inner = loop {
             match Self::load(dir, writable) {
                 Err(StoreError::Io { source, .. })
-                    if !writable
-                        && source.kind() == std::io::ErrorKind::NotFound
-                        && attempt < 5 =>
+                    if !writable && source.kind() == std::io::ErrorKind::NotFound && attempt < 5 =>
                 {
                     attempt += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -674,24 +577,16 @@ impl EmbeddedStore {
                     });
                 }
                 for sub in ["log", "index", "state"] {
-                    std::fs::create_dir_all(dir.join(sub))
-                        .map_err(|e| StoreError::io("create", dir.join(sub), e))?;
+                    std::fs::create_dir_all(dir.join(sub)).map_err(|e| StoreError::io("create", dir.join(sub), e))?;
                 }
-                let m = Manifest {
-                    format: STORE_FORMAT,
-                    next_run: 1,
-                    ..Manifest::default()
-                };
+                let m = Manifest { format: STORE_FORMAT, next_run: 1, ..Manifest::default() };
                 write_manifest(dir, &m)?;
                 m
             }
         };
         let state = match manifest.state {
             Some(g) => State::load(&dir.join("state").join(format!("state-{g:08}.bin")))?,
-            None => State {
-                next_object: 1,
-                ..State::default()
-            },
+            None => State { next_object: 1, ..State::default() },
         };
         let index_dir = dir.join("index");
         let hruns = Runs::open(&index_dir, "hash", &manifest.hash_runs)?;
@@ -702,10 +597,7 @@ impl EmbeddedStore {
             log,
             hruns,
             kruns,
-            d: Derived {
-                state,
-                ..Derived::default()
-            },
+            d: Derived { state, ..Derived::default() },
             checkpointed_at: manifest.log.global(),
             manifest,
             poisoned: None,
@@ -717,15 +609,16 @@ impl EmbeddedStore {
             let mut p = 0;
             while p < payload.len() {
                 let off = base + p as u64;
-                let (rec, len) = record::decode(&payload[p..], off).ok_or_else(|| {
-                    corrupt(log.dir(), off, "undecodable record in a checksummed frame")
-                })?;
+                let (rec, len) = record::decode(&payload[p..], off)
+                    .ok_or_else(|| corrupt(log.dir(), off, "undecodable record in a checksummed frame"))?;
                 d.apply(log, off, rec)?;
                 p += len;
             }
             Ok(())
         })?;
         if writable {
+            inner.hruns.build_global();
+            inner.kruns.build_global();
             inner.log.truncate_and_open_for_append(end)?;
             inner.recover_interrupted()?;
             inner.remove_orphans();
@@ -765,22 +658,13 @@ impl EmbeddedStore {
 impl Inner {
     /// Objects left `running` by a crash become `failed`.
     fn recover_interrupted(&mut self) -> Result<(), StoreError> {
-        let running: Vec<u64> = self
-            .d
-            .state
-            .objects
-            .values()
-            .filter(|o| o.info.status == Status::Running)
-            .map(|o| o.info.id)
-            .collect();
+        let running: Vec<u64> =
+            self.d.state.objects.values().filter(|o| o.info.status == Status::Running).map(|o| o.info.id).collect();
         for id in running {
             let msg = b"interrupted: the process stopped before the object was committed";
-            let off =
-                self.append(|buf, _| record::encode_obj(buf, record::OBJ_FAIL, id, None, msg))?;
+            let off = self.append(|buf, _| record::encode_obj(buf, record::OBJ_FAIL, id, None, msg))?;
             let _ = off;
-            self.d
-                .obj_fail(id, msg)
-                .map_err(|e| corrupt(&self.dir, 0, e))?;
+            self.d.obj_fail(id, msg).map_err(|e| corrupt(&self.dir, 0, e))?;
         }
         self.write_frame(true)
     }
@@ -792,12 +676,7 @@ impl Inner {
             .hash_runs
             .iter()
             .map(|i| format!("hash-{i:08}.run"))
-            .chain(
-                self.manifest
-                    .key_runs
-                    .iter()
-                    .map(|i| format!("key-{i:08}.run")),
-            )
+            .chain(self.manifest.key_runs.iter().map(|i| format!("key-{i:08}.run")))
             .chain(self.manifest.state.map(|g| format!("state-{g:08}.bin")))
             .collect();
         for sub in ["index", "state"] {
@@ -825,17 +704,10 @@ fn take_lock(dir: &Path) -> Result<std::fs::File, StoreError> {
     match f.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            let pid = std::fs::read_to_string(&path)
-                .unwrap_or_default()
-                .trim()
-                .to_string();
+            let pid = std::fs::read_to_string(&path).unwrap_or_default().trim().to_string();
             return Err(StoreError::Locked {
                 path: dir.to_path_buf(),
-                pid: if pid.is_empty() {
-                    "unknown".into()
-                } else {
-                    pid
-                },
+                pid: if pid.is_empty() { "unknown".into() } else { pid },
             });
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io("lock", &path, e)),
@@ -866,7 +738,7 @@ struct EmbeddedSession<'a> {
     uri: String,
     /// Atoms below this offset existed before the session.
     start: u64,
-    map: FxHashMap<Hash, u64>,
+    map: hart_store::BoundedMap<Hash, u64>,
     created: u64,
     referenced: u64,
     kids: Vec<u64>,
@@ -875,10 +747,14 @@ struct EmbeddedSession<'a> {
 
 impl EmbeddedSession<'_> {
     fn resolve(&mut self, inner: &Inner, hash: &Hash) -> Result<Option<u64>, StoreError> {
-        if let Some(&o) = self.map.get(hash) {
+        if let Some(o) = self.map.get_promote(hash) {
             return Ok(Some(o));
         }
-        inner.find_hash(hash)
+        let found = inner.find_hash(hash)?;
+        if let Some(o) = found {
+            self.map.insert(*hash, o);
+        }
+        Ok(found)
     }
 }
 
@@ -887,9 +763,6 @@ impl Session for EmbeddedSession<'_> {
         let mut guard = self.store.inner.write().expect("lock");
         let inner = &mut *guard;
         inner.check()?;
-        if self.map.len() > (1 << 21) {
-            self.map.clear();
-        }
         for op in &batch.ops {
             if let Some(o) = self.resolve(inner, &op.hash)? {
                 self.map.insert(op.hash, o);
@@ -934,19 +807,11 @@ impl Session for EmbeddedSession<'_> {
                         }
                     }
                     let kids = std::mem::take(&mut self.kids);
-                    let off = inner.append(|buf, own| {
-                        record::encode_node(buf, own, m.as_u8(), &op.hash, &op.pos, &kids)
-                    })?;
+                    let off =
+                        inner.append(|buf, own| record::encode_node(buf, own, m.as_u8(), &op.hash, &op.pos, &kids))?;
                     let old = inner
                         .d
-                        .node(
-                            off,
-                            m,
-                            op.hash,
-                            &op.pos,
-                            &mut kids.iter().copied(),
-                            self.start,
-                        )
+                        .node(off, m, op.hash, &op.pos, &mut kids.iter().copied(), self.start)
                         .map_err(|e| corrupt(&inner.dir, off, e))?;
                     self.referenced += old;
                     self.kids = kids;
@@ -959,29 +824,20 @@ impl Session for EmbeddedSession<'_> {
         inner.maybe_checkpoint()
     }
 
-    fn commit(
-        mut self: Box<Self>,
-        root: &Hash,
-        summary: &ObjectSummary,
-    ) -> Result<ObjectInfo, StoreError> {
+    fn commit(mut self: Box<Self>, root: &Hash, summary: &ObjectSummary) -> Result<ObjectInfo, StoreError> {
         let mut guard = self.store.inner.write().expect("lock");
         let inner = &mut *guard;
         inner.check()?;
-        let root_off = self
-            .resolve(inner, root)?
-            .ok_or_else(|| StoreError::Invalid(format!("root {root} was never stored")))?;
-        let unchanged = inner.d.state.objects.values().any(|o| {
-            o.info.uri == self.uri
-                && o.info.status == Status::Completed
-                && o.info.root == Some(*root)
-        });
-        let status = if unchanged {
-            Status::Unchanged
-        } else {
-            Status::Completed
-        };
-        let referenced =
-            self.referenced + u64::from(status == Status::Completed && root_off < self.start);
+        let root_off =
+            self.resolve(inner, root)?.ok_or_else(|| StoreError::Invalid(format!("root {root} was never stored")))?;
+        let unchanged = inner
+            .d
+            .state
+            .objects
+            .values()
+            .any(|o| o.info.uri == self.uri && o.info.status == Status::Completed && o.info.root == Some(*root));
+        let status = if unchanged { Status::Unchanged } else { Status::Completed };
+        let referenced = self.referenced + u64::from(status == Status::Completed && root_off < self.start);
         let info = CommitInfo {
             status,
             root: *root,
@@ -994,13 +850,8 @@ impl Session for EmbeddedSession<'_> {
         };
         let json = serde_json::to_vec(&info).map_err(|e| StoreError::Backend(e.to_string()))?;
         let id = self.id;
-        inner.append(|buf, _| {
-            record::encode_obj(buf, record::OBJ_COMMIT, id, Some(root_off), &json)
-        })?;
-        inner
-            .d
-            .obj_commit(id, root_off, &json)
-            .map_err(|e| corrupt(&inner.dir, root_off, e))?;
+        inner.append(|buf, _| record::encode_obj(buf, record::OBJ_COMMIT, id, Some(root_off), &json))?;
+        inner.d.obj_commit(id, root_off, &json).map_err(|e| corrupt(&inner.dir, root_off, e))?;
         inner.write_frame(self.store.opts.sync_every_commit)?;
         self.done = true;
         Ok(inner.d.state.objects[&id].info.clone())
@@ -1011,13 +862,8 @@ impl Session for EmbeddedSession<'_> {
         let mut inner = self.store.inner.write().expect("lock");
         inner.check()?;
         let id = self.id;
-        inner.append(|buf, _| {
-            record::encode_obj(buf, record::OBJ_FAIL, id, None, error.as_bytes())
-        })?;
-        inner
-            .d
-            .obj_fail(id, error.as_bytes())
-            .map_err(|e| corrupt(&inner.dir, 0, e))?;
+        inner.append(|buf, _| record::encode_obj(buf, record::OBJ_FAIL, id, None, error.as_bytes()))?;
+        inner.d.obj_fail(id, error.as_bytes()).map_err(|e| corrupt(&inner.dir, 0, e))?;
         inner.write_frame(false)
     }
 }
@@ -1029,10 +875,7 @@ impl Drop for EmbeddedSession<'_> {
                 if inner.check().is_ok() {
                     let id = self.id;
                     let msg = b"abandoned before commit";
-                    if inner
-                        .append(|buf, _| record::encode_obj(buf, record::OBJ_FAIL, id, None, msg))
-                        .is_ok()
-                    {
+                    if inner.append(|buf, _| record::encode_obj(buf, record::OBJ_FAIL, id, None, msg)).is_ok() {
                         let _ = inner.d.obj_fail(id, msg);
                         let _ = inner.write_frame(false);
                     }
@@ -1043,10 +886,7 @@ impl Drop for EmbeddedSession<'_> {
 }
 
 fn read_only(dir: &Path) -> StoreError {
-    StoreError::ReadOnly {
-        path: dir.to_path_buf(),
-        reason: "opened for reading only".into(),
-    }
+    StoreError::ReadOnly { path: dir.to_path_buf(), reason: "opened for reading only".into() }
 }
 
 impl Store for EmbeddedStore {
@@ -1070,10 +910,7 @@ impl Store for EmbeddedStore {
         };
         let json = serde_json::to_vec(&info).map_err(|e| StoreError::Backend(e.to_string()))?;
         inner.append(|buf, _| record::encode_obj(buf, record::OBJ_BEGIN, id, None, &json))?;
-        inner
-            .d
-            .obj_begin(id, &json)
-            .map_err(|e| corrupt(&self.dir, 0, e))?;
+        inner.d.obj_begin(id, &json).map_err(|e| corrupt(&self.dir, 0, e))?;
         let start = inner.log.next_offset();
         drop(inner);
         Ok(Box::new(EmbeddedSession {
@@ -1082,7 +919,7 @@ impl Store for EmbeddedStore {
             id,
             uri: source.uri,
             start,
-            map: FxHashMap::default(),
+            map: hart_store::BoundedMap::new(1 << 17),
             created: 0,
             referenced: 0,
             kids: Vec::with_capacity(hart_core::MAX_FANOUT),
@@ -1108,11 +945,8 @@ impl Store for EmbeddedStore {
 
     fn find_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<Hash>, StoreError> {
         let prefix = prefix.to_ascii_lowercase();
-        if prefix.is_empty() || prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_hexdigit())
-        {
-            return Err(StoreError::Invalid(format!(
-                "{prefix:?} is not a hexadecimal hash prefix"
-            )));
+        if prefix.is_empty() || prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::Invalid(format!("{prefix:?} is not a hexadecimal hash prefix")));
         }
         let inner = self.inner.read().expect("lock");
         let mut out: Vec<Hash> = Vec::new();
@@ -1155,26 +989,16 @@ impl Store for EmbeddedStore {
 
     fn cat(&self, root: &Hash, out: &mut dyn Write) -> Result<u64, StoreError> {
         let inner = self.inner.read().expect("lock");
-        let off = inner.find_hash(root)?.ok_or_else(|| StoreError::NotFound {
-            what: "atom",
-            id: root.to_hex(),
-        })?;
+        let off = inner.find_hash(root)?.ok_or_else(|| StoreError::NotFound { what: "atom", id: root.to_hex() })?;
         let mut w = BufWriter::with_capacity(1 << 20, out);
         let n = cat_at(&inner, off, &mut w)?;
-        w.flush()
-            .map_err(|e| StoreError::io("write", "output", e))?;
+        w.flush().map_err(|e| StoreError::io("write", "output", e))?;
         Ok(n)
     }
 
     fn objects(&self) -> Result<Vec<ObjectInfo>, StoreError> {
         let inner = self.inner.read().expect("lock");
-        Ok(inner
-            .d
-            .state
-            .objects
-            .values()
-            .map(|o| o.info.clone())
-            .collect())
+        Ok(inner.d.state.objects.values().map(|o| o.info.clone()).collect())
     }
 
     fn delete_object(&self, id: u64) -> Result<ObjectInfo, StoreError> {
@@ -1188,24 +1012,15 @@ impl Store for EmbeddedStore {
             .state
             .objects
             .get(&id)
-            .ok_or_else(|| StoreError::NotFound {
-                what: "object",
-                id: id.to_string(),
-            })?;
-        if !matches!(
-            e.info.status,
-            Status::Completed | Status::Unchanged | Status::Failed
-        ) {
+            .ok_or_else(|| StoreError::NotFound { what: "object", id: id.to_string() })?;
+        if !matches!(e.info.status, Status::Completed | Status::Unchanged | Status::Failed) {
             return Err(StoreError::Invalid(format!(
                 "object {id} is {:?}; only completed, unchanged or failed objects can be removed",
                 e.info.status
             )));
         }
         inner.append(|buf, _| record::encode_obj(buf, record::OBJ_DELETE, id, None, &[]))?;
-        inner
-            .d
-            .obj_delete(id)
-            .map_err(|e| corrupt(&self.dir, 0, e))?;
+        inner.d.obj_delete(id).map_err(|e| corrupt(&self.dir, 0, e))?;
         inner.write_frame(true)?;
         Ok(inner.d.state.objects[&id].info.clone())
     }
@@ -1250,17 +1065,13 @@ impl Store for EmbeddedStore {
     fn stats(&self) -> Result<Stats, StoreError> {
         let inner = self.inner.read().expect("lock");
         let c = &inner.d.state.counters;
-        let mut s = Stats {
-            backend: "embedded".into(),
-            ..Stats::default()
-        };
+        let mut s = Stats { backend: "embedded".into(), ..Stats::default() };
         for (i, m) in c.per_modality.iter().enumerate() {
             if m.leaves + m.composites == 0 {
                 continue;
             }
-            let name = Modality::from_u8(i as u8)
-                .map(|m| m.name().to_string())
-                .unwrap_or_else(|_| format!("modality-{i}"));
+            let name =
+                Modality::from_u8(i as u8).map(|m| m.name().to_string()).unwrap_or_else(|_| format!("modality-{i}"));
             s.atoms += m.leaves + m.composites;
             s.unique_bytes += m.leaf_bytes;
             s.per_modality.insert(name, m.clone());
@@ -1271,11 +1082,7 @@ impl Store for EmbeddedStore {
                 s.logical_bytes += o.info.size;
             }
         }
-        s.dedup_ratio = if s.unique_bytes == 0 {
-            1.0
-        } else {
-            s.logical_bytes as f64 / s.unique_bytes as f64
-        };
+        s.dedup_ratio = if s.unique_bytes == 0 { 1.0 } else { s.logical_bytes as f64 / s.unique_bytes as f64 };
         s.stored_bytes = dir_size(&self.dir);
         s.garbage_atoms = inner.d.state.refs.values().filter(|&&n| n == 0).count() as u64;
         Ok(s)
@@ -1301,8 +1108,7 @@ fn cat_at(inner: &Inner, off: u64, w: &mut dyn Write) -> Result<u64, StoreError>
         if let Some(o) = next.take() {
             match inner.rec(o)?.0 {
                 Rec::Leaf { value, .. } => {
-                    w.write_all(value)
-                        .map_err(|e| StoreError::io("write", "output", e))?;
+                    w.write_all(value).map_err(|e| StoreError::io("write", "output", e))?;
                     total += value.len() as u64;
                 }
                 Rec::Node { children, .. } => stack.push(children),
@@ -1352,7 +1158,8 @@ fn fsck(inner: &Inner, progress: &dyn Fn(u64, u64)) -> Result<FsckReport, StoreE
         let mut p = 0;
         while p < payload.len() {
             let off = base + p as u64;
-            let (rec, len) = record::decode(&payload[p..], off).ok_or_else(|| corrupt(&inner.dir, off, "undecodable record"))?;
+            let (rec, len) =
+                record::decode(&payload[p..], off).ok_or_else(|| corrupt(&inner.dir, off, "undecodable record"))?;
             p += len;
             match rec {
                 Rec::Leaf { .. } | Rec::Node { .. } if inner.d.state.is_dead(off) => dead.push(off),
@@ -1372,7 +1179,10 @@ fn fsck(inner: &Inner, progress: &dyn Fn(u64, u64)) -> Result<FsckReport, StoreE
                             for k in kids {
                                 match offsets.binary_search(&k) {
                                     Ok(i) => counts[i] += 1,
-                                    Err(_) => problem(&mut r, format!("composite at {n} references missing or removed atom at {k}")),
+                                    Err(_) => problem(
+                                        &mut r,
+                                        format!("composite at {n} references missing or removed atom at {k}"),
+                                    ),
                                 }
                             }
                         }
@@ -1388,10 +1198,7 @@ fn fsck(inner: &Inner, progress: &dyn Fn(u64, u64)) -> Result<FsckReport, StoreE
         for k in kids {
             match offsets.binary_search(&k) {
                 Ok(i) => counts[i] += 1,
-                Err(_) => problem(
-                    &mut r,
-                    format!("composite at {n} references missing or removed atom at {k}"),
-                ),
+                Err(_) => problem(&mut r, format!("composite at {n} references missing or removed atom at {k}")),
             }
         }
     }
@@ -1409,42 +1216,23 @@ fn fsck(inner: &Inner, progress: &dyn Fn(u64, u64)) -> Result<FsckReport, StoreE
         r.references_counted += u64::from(counts[i]);
         let stored = inner.d.state.refcount(off);
         if stored != counts[i] {
-            problem(
-                &mut r,
-                format!(
-                    "atom at {off}: stored reference count {stored}, recount {}",
-                    counts[i]
-                ),
-            );
+            problem(&mut r, format!("atom at {off}: stored reference count {stored}, recount {}", counts[i]));
         }
         let (m, hash, pos, kind) = inner.identity(off)?;
         if kind == AtomKind::Node {
             if let Rec::Node { children, .. } = inner.rec(off)?.0 {
-                let kids = children
-                    .map(|c| inner.hash_at(c))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let kids = children.map(|c| inner.hash_at(c)).collect::<Result<Vec<_>, _>>()?;
                 let again = hart_core::atom::node_hash(m, &kids);
                 if again != hash {
-                    problem(
-                        &mut r,
-                        format!(
-                            "composite at {off}: stored hash {hash} but children hash to {again}"
-                        ),
-                    );
+                    problem(&mut r, format!("composite at {off}: stored hash {hash} but children hash to {again}"));
                 }
             }
         }
         if inner.find_hash(&hash)? != Some(off) {
-            problem(
-                &mut r,
-                format!("atom at {off} ({hash}) is not found by its hash"),
-            );
+            problem(&mut r, format!("atom at {off} ({hash}) is not found by its hash"));
         }
         if inner.find_key(&HilbertKey::new(m, &pos))? != Some(off) {
-            problem(
-                &mut r,
-                format!("atom at {off} ({hash}) is not found by its Hilbert key"),
-            );
+            problem(&mut r, format!("atom at {off} ({hash}) is not found by its Hilbert key"));
         }
     }
     // Pass 3: every completed object rebuilds to its source hash.
@@ -1469,13 +1257,7 @@ fn fsck(inner: &Inner, progress: &dyn Fn(u64, u64)) -> Result<FsckReport, StoreE
                     );
                 }
             }
-            Err(e) => problem(
-                &mut r,
-                format!(
-                    "object {} ({}) does not rebuild: {e}",
-                    o.info.id, o.info.uri
-                ),
-            ),
+            Err(e) => problem(&mut r, format!("object {} ({}) does not rebuild: {e}", o.info.id, o.info.uri)),
         }
     }
     progress(total, total);

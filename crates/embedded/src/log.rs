@@ -20,18 +20,7 @@ pub const FRAME_TARGET: usize = 4 << 20;
 pub const SEGMENT_LIMIT: u64 = 1 << 30;
 
 /// A position in the log.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize)]
 pub struct LogPos {
     pub seg: u32,
     pub off: u64,
@@ -61,7 +50,8 @@ pub struct Log {
     segs: Vec<Segment>,
     /// Append handle on the last segment (writers only).
     file: Option<File>,
-    /// Payload of the frame being built; its records' offsets are already assigned.
+    /// The frame being built: header space, then the payload. Its records' offsets are
+    /// already assigned.
     frame: Vec<u8>,
     /// Bytes appended since the last fsync.
     unsynced: u64,
@@ -102,10 +92,7 @@ impl Log {
         for n in names {
             let path = seg_path(dir, n);
             let f = File::open(&path).map_err(|e| StoreError::io("read", &path, e))?;
-            let len = f
-                .metadata()
-                .map_err(|e| StoreError::io("read", &path, e))?
-                .len();
+            let len = f.metadata().map_err(|e| StoreError::io("read", &path, e))?.len();
             let map = map_file(&f, &path)?;
             segs.push(Segment { path, map, len });
         }
@@ -113,7 +100,11 @@ impl Log {
             dir: dir.to_path_buf(),
             segs,
             file: None,
-            frame: Vec::with_capacity(FRAME_TARGET + 4096),
+            frame: {
+                let mut f = Vec::with_capacity(FRAME_TARGET + 4096);
+                f.resize(FRAME_HEADER, 0);
+                f
+            },
             unsynced: 0,
         })
     }
@@ -126,10 +117,7 @@ impl Log {
     pub fn end(&self) -> LogPos {
         match self.segs.last() {
             None => LogPos::default(),
-            Some(s) => LogPos {
-                seg: (self.segs.len() - 1) as u32,
-                off: s.len,
-            },
+            Some(s) => LogPos { seg: (self.segs.len() - 1) as u32, off: s.len },
         }
     }
 
@@ -141,11 +129,7 @@ impl Log {
     /// Cut the log at `end` (a writer after recovery: drops a torn tail and any segment
     /// after it) and open it for appending.
     pub fn truncate_and_open_for_append(&mut self, end: LogPos) -> Result<(), StoreError> {
-        let keep = if self.segs.is_empty() {
-            0
-        } else {
-            end.seg as usize + 1
-        };
+        let keep = if self.segs.is_empty() { 0 } else { end.seg as usize + 1 };
         while self.segs.len() > keep {
             let s = self.segs.pop().expect("non-empty");
             drop(s.map);
@@ -162,17 +146,14 @@ impl Log {
             .open(&last.path)
             .map_err(|e| StoreError::io("open", &last.path, e))?;
         if last.len != end.off {
-            f.set_len(end.off)
-                .map_err(|e| StoreError::io("truncate", &last.path, e))?;
-            f.sync_all()
-                .map_err(|e| StoreError::io("sync", &last.path, e))?;
+            f.set_len(end.off).map_err(|e| StoreError::io("truncate", &last.path, e))?;
+            f.sync_all().map_err(|e| StoreError::io("sync", &last.path, e))?;
             last.len = end.off;
             last.map = map_file(&f, &last.path)?;
         }
         let mut f = f;
         use std::io::Seek;
-        f.seek(std::io::SeekFrom::End(0))
-            .map_err(|e| StoreError::io("seek", &last.path, e))?;
+        f.seek(std::io::SeekFrom::End(0)).map_err(|e| StoreError::io("seek", &last.path, e))?;
         self.file = Some(f);
         Ok(())
     }
@@ -186,22 +167,14 @@ impl Log {
             .open(&path)
             .map_err(|e| StoreError::io("create", &path, e))?;
         sync_dir(&self.dir)?;
-        self.segs.push(Segment {
-            path,
-            map: None,
-            len: 0,
-        });
+        self.segs.push(Segment { path, map: None, len: 0 });
         self.file = Some(f);
         Ok(())
     }
 
     /// Set the valid length of each segment (from a replay) without touching files.
     pub fn set_end(&mut self, end: LogPos) {
-        self.segs.truncate(if self.segs.is_empty() {
-            0
-        } else {
-            end.seg as usize + 1
-        });
+        self.segs.truncate(if self.segs.is_empty() { 0 } else { end.seg as usize + 1 });
         if let Some(s) = self.segs.last_mut() {
             s.len = s.len.min(end.off);
         }
@@ -210,15 +183,14 @@ impl Log {
     /// Offset the next appended record will have.
     #[inline]
     pub fn next_offset(&self) -> u64 {
-        let end = self.end();
-        end.global() + (FRAME_HEADER + self.frame.len()) as u64
+        self.end().global() + self.frame.len() as u64
     }
 
     /// Start a record: moves to a new segment if the frame is empty and the segment is
     /// full, and returns the offset the record will have.
     #[inline]
     pub fn begin_record(&mut self) -> Result<u64, StoreError> {
-        if self.frame.is_empty() {
+        if self.frame.len() == FRAME_HEADER {
             self.ensure_room()?;
         }
         Ok(self.next_offset())
@@ -233,7 +205,7 @@ impl Log {
     /// Write the pending frame if it is large; start a new segment first when needed.
     #[inline]
     pub fn maybe_write(&mut self) -> Result<(), StoreError> {
-        if self.frame.len() >= FRAME_TARGET {
+        if self.frame.len() >= FRAME_TARGET + FRAME_HEADER {
             self.write_frame()?;
         }
         Ok(())
@@ -242,7 +214,7 @@ impl Log {
     /// Start a new segment when the current one is nearly full (only between frames).
     fn ensure_room(&mut self) -> Result<(), StoreError> {
         let end = self.end();
-        if self.frame.is_empty() && end.off + (FRAME_TARGET as u64) * 2 > SEGMENT_LIMIT {
+        if end.off + (FRAME_TARGET as u64) * 2 > SEGMENT_LIMIT {
             self.new_segment()?;
         }
         Ok(())
@@ -250,24 +222,25 @@ impl Log {
 
     /// Write the pending frame (if any) to the segment with one `write`.
     pub fn write_frame(&mut self) -> Result<(), StoreError> {
-        if self.frame.is_empty() {
+        if self.frame.len() == FRAME_HEADER {
             return Ok(());
         }
         let seg = self.segs.last_mut().expect("writer has a segment");
         let file = self.file.as_mut().expect("writer has a file");
-        let mut out = Vec::with_capacity(FRAME_HEADER + self.frame.len());
-        out.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
-        out.extend_from_slice(&(self.frame.len() as u32).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&self.frame).to_le_bytes());
-        out.extend_from_slice(&self.frame);
-        if let Err(e) = file.write_all(&out) {
+        let payload = (self.frame.len() - FRAME_HEADER) as u32;
+        let crc = crc32fast::hash(&self.frame[FRAME_HEADER..]);
+        self.frame[..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+        self.frame[4..8].copy_from_slice(&payload.to_le_bytes());
+        self.frame[8..12].copy_from_slice(&crc.to_le_bytes());
+        let out = &self.frame;
+        if let Err(e) = file.write_all(out) {
             // Leave the file as it was before this frame; a later writer truncates anyway.
             let _ = file.set_len(seg.len);
             return Err(StoreError::io("write", &seg.path, e));
         }
         seg.len += out.len() as u64;
         self.unsynced += out.len() as u64;
-        self.frame.clear();
+        self.frame.truncate(FRAME_HEADER);
         seg.map = map_file(file, &seg.path)?;
         Ok(())
     }
@@ -282,8 +255,7 @@ impl Log {
         self.write_frame()?;
         if let (Some(f), Some(seg)) = (&self.file, self.segs.last()) {
             if self.unsynced > 0 {
-                f.sync_data()
-                    .map_err(|e| StoreError::io("sync", &seg.path, e))?;
+                f.sync_data().map_err(|e| StoreError::io("sync", &seg.path, e))?;
             }
         }
         self.unsynced = 0;
@@ -297,8 +269,8 @@ impl Log {
         let s = self.segs.get(seg)?;
         if pos as u64 >= s.len {
             if seg + 1 == self.segs.len() {
-                let p = pos.checked_sub(s.len as usize + FRAME_HEADER)?;
-                return self.frame.get(p..);
+                let p = pos.checked_sub(s.len as usize)?;
+                return self.frame.get(p..).filter(|_| p >= FRAME_HEADER);
             }
             return None;
         }
@@ -316,10 +288,7 @@ impl Log {
         let mut pos = from;
         for (i, s) in self.segs.iter().enumerate().skip(from.seg as usize) {
             if i > from.seg as usize {
-                pos = LogPos {
-                    seg: i as u32,
-                    off: 0,
-                };
+                pos = LogPos { seg: i as u32, off: 0 };
             }
             let Some(map) = s.map.as_deref() else {
                 continue;
@@ -331,22 +300,13 @@ impl Log {
                 let len = u32::from_le_bytes(data[p + 4..p + 8].try_into().expect("4")) as usize;
                 let crc = u32::from_le_bytes(data[p + 8..p + 12].try_into().expect("4"));
                 let body = p + FRAME_HEADER;
-                if magic != FRAME_MAGIC
-                    || body + len > data.len()
-                    || crc32fast::hash(&data[body..body + len]) != crc
-                {
-                    return Ok(LogPos {
-                        seg: i as u32,
-                        off: p as u64,
-                    });
+                if magic != FRAME_MAGIC || body + len > data.len() || crc32fast::hash(&data[body..body + len]) != crc {
+                    return Ok(LogPos { seg: i as u32, off: p as u64 });
                 }
                 f((i as u64) << 32 | body as u64, &data[body..body + len])?;
                 p = body + len;
             }
-            pos = LogPos {
-                seg: i as u32,
-                off: p as u64,
-            };
+            pos = LogPos { seg: i as u32, off: p as u64 };
             if p < data.len() {
                 // Fewer bytes than a header: a torn tail.
                 return Ok(pos);
@@ -357,10 +317,7 @@ impl Log {
 }
 
 fn map_file(f: &File, path: &Path) -> Result<Option<Mmap>, StoreError> {
-    let len = f
-        .metadata()
-        .map_err(|e| StoreError::io("read", path, e))?
-        .len();
+    let len = f.metadata().map_err(|e| StoreError::io("read", path, e))?.len();
     if len == 0 {
         return Ok(None);
     }
@@ -372,7 +329,5 @@ fn map_file(f: &File, path: &Path) -> Result<Option<Mmap>, StoreError> {
 
 /// fsync a directory so that created or renamed entries are durable.
 pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io("sync", dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io("sync", dir, e))
 }

@@ -17,12 +17,7 @@ pub enum Rec<'a> {
     /// `LEAF ‖ modality ‖ len u8 ‖ value`
     Leaf { modality: u8, value: &'a [u8] },
     /// `NODE ‖ modality ‖ hash[32] ‖ x y z m (u32 LE) ‖ n varint ‖ n × varint(own offset − child offset)`
-    Node {
-        modality: u8,
-        hash: Hash,
-        pos: Position,
-        children: Children<'a>,
-    },
+    Node { modality: u8, hash: Hash, pos: Position, children: Children<'a> },
     /// `OBJ_BEGIN ‖ id varint ‖ len varint ‖ JSON(BeginInfo)`
     ObjBegin { id: u64, json: &'a [u8] },
     /// `OBJ_COMMIT ‖ id varint ‖ root offset varint ‖ len varint ‖ JSON(CommitInfo)`
@@ -83,14 +78,7 @@ pub fn encode_leaf(buf: &mut Vec<u8>, modality: u8, value: &[u8]) {
     buf.extend_from_slice(value);
 }
 
-pub fn encode_node(
-    buf: &mut Vec<u8>,
-    own: u64,
-    modality: u8,
-    hash: &Hash,
-    pos: &Position,
-    children: &[u64],
-) {
+pub fn encode_node(buf: &mut Vec<u8>, own: u64, modality: u8, hash: &Hash, pos: &Position, children: &[u64]) {
     buf.push(NODE);
     buf.push(modality);
     buf.extend_from_slice(&hash.0);
@@ -147,11 +135,8 @@ pub fn decode(b: &[u8], own: u64) -> Option<(Rec<'_>, usize)> {
         NODE => {
             let modality = *b.get(1)?;
             let hash = Hash(b.get(2..34)?.try_into().ok()?);
-            let c = |i: usize| -> Option<u32> {
-                Some(u32::from_le_bytes(
-                    b.get(34 + 4 * i..38 + 4 * i)?.try_into().ok()?,
-                ))
-            };
+            let c =
+                |i: usize| -> Option<u32> { Some(u32::from_le_bytes(b.get(34 + 4 * i..38 + 4 * i)?.try_into().ok()?)) };
             let pos = Position::new(c(0)?, c(1)?, c(2)?, c(3)?);
             p = 50;
             let n = var(&mut p)? as usize;
@@ -165,29 +150,13 @@ pub fn decode(b: &[u8], own: u64) -> Option<(Rec<'_>, usize)> {
                     return None;
                 }
             }
-            Some((
-                Rec::Node {
-                    modality,
-                    hash,
-                    pos,
-                    children: Children {
-                        own,
-                        n,
-                        bytes: &b[start..p],
-                    },
-                },
-                p,
-            ))
+            Some((Rec::Node { modality, hash, pos, children: Children { own, n, bytes: &b[start..p] } }, p))
         }
         OBJ_BEGIN | OBJ_FAIL => {
             let id = var(&mut p)?;
             let len = var(&mut p)? as usize;
             let json = b.get(p..p.checked_add(len)?)?;
-            let rec = if tag == OBJ_BEGIN {
-                Rec::ObjBegin { id, json }
-            } else {
-                Rec::ObjFail { id, json }
-            };
+            let rec = if tag == OBJ_BEGIN { Rec::ObjBegin { id, json } } else { Rec::ObjFail { id, json } };
             Some((rec, p + len))
         }
         OBJ_COMMIT => {
@@ -207,15 +176,7 @@ pub fn decode(b: &[u8], own: u64) -> Option<(Rec<'_>, usize)> {
             for _ in 0..n {
                 var(&mut p)?;
             }
-            Some((
-                Rec::Gc {
-                    offsets: Offsets {
-                        n,
-                        bytes: &b[start..p],
-                    },
-                },
-                p,
-            ))
+            Some((Rec::Gc { offsets: Offsets { n, bytes: &b[start..p] } }, p))
         }
         _ => None,
     }

@@ -112,12 +112,7 @@ impl State {
 
     /// Atoms at zero references, in log order.
     pub fn garbage(&self) -> Vec<u64> {
-        let mut g: Vec<u64> = self
-            .refs
-            .iter()
-            .filter(|(_, &n)| n == 0)
-            .map(|(&o, _)| o)
-            .collect();
+        let mut g: Vec<u64> = self.refs.iter().filter(|(_, &n)| n == 0).map(|(&o, _)| o).collect();
         g.sort_unstable();
         g
     }
@@ -146,8 +141,7 @@ impl State {
         let crc = crc32fast::hash(&buf);
         buf.extend_from_slice(&crc.to_le_bytes());
         let mut f = std::fs::File::create(&tmp).map_err(|e| StoreError::io("create", &tmp, e))?;
-        f.write_all(&buf)
-            .map_err(|e| StoreError::io("write", &tmp, e))?;
+        f.write_all(&buf).map_err(|e| StoreError::io("write", &tmp, e))?;
         f.sync_all().map_err(|e| StoreError::io("sync", &tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| StoreError::io("rename", &tmp, e))?;
         Ok(())
@@ -155,11 +149,7 @@ impl State {
 
     pub fn load(path: &Path) -> Result<State, StoreError> {
         let buf = std::fs::read(path).map_err(|e| StoreError::io("read", path, e))?;
-        let corrupt = |what: &str| StoreError::Corrupt {
-            path: path.to_path_buf(),
-            offset: 0,
-            what: what.to_string(),
-        };
+        let corrupt = |what: &str| StoreError::Corrupt { path: path.to_path_buf(), offset: 0, what: what.to_string() };
         if buf.len() < 28 || &buf[..8] != STATE_MAGIC {
             return Err(corrupt("not a state checkpoint"));
         }
@@ -171,12 +161,8 @@ impl State {
         let json = body.get(16..16 + jl).ok_or_else(|| corrupt("truncated"))?;
         let meta: Meta = serde_json::from_slice(json).map_err(|e| corrupt(&e.to_string()))?;
         let p = 16 + jl;
-        let n = u64::from_le_bytes(
-            body.get(p..p + 8)
-                .ok_or_else(|| corrupt("truncated"))?
-                .try_into()
-                .expect("8"),
-        ) as usize;
+        let n =
+            u64::from_le_bytes(body.get(p..p + 8).ok_or_else(|| corrupt("truncated"))?.try_into().expect("8")) as usize;
         let entries = body.get(p + 8..).ok_or_else(|| corrupt("truncated"))?;
         if entries.len() != n * 12 {
             return Err(corrupt("reference table has the wrong size"));

@@ -35,32 +35,22 @@ fn object(data: &[u8]) -> (Batch, Hash, ObjectSummary) {
         occ += nodes.len() as u64;
         push_nodes(&mut batch, &mut nodes, &mut seen);
     }
-    let root = tree.finish(&mut |n: &NodeOut<'_>| {
-        nodes.push((n.hash, n.pos, n.children.iter().map(|c| c.hash).collect()))
-    });
+    let root =
+        tree.finish(&mut |n: &NodeOut<'_>| nodes.push((n.hash, n.pos, n.children.iter().map(|c| c.hash).collect())));
     occ += nodes.len() as u64;
     push_nodes(&mut batch, &mut nodes, &mut seen);
     let root = root.expect("non-empty").hash;
     (
         batch,
         root,
-        ObjectSummary {
-            source_hash: Hash(*blake3::hash(data).as_bytes()),
-            size: data.len() as u64,
-            occurrences: occ,
-        },
+        ObjectSummary { source_hash: Hash(*blake3::hash(data).as_bytes()), size: data.len() as u64, occurrences: occ },
     )
 }
 
 fn put(store: &EmbeddedStore, uri: &str, data: &[u8]) -> hart_store::ObjectInfo {
     let (batch, root, summary) = object(data);
-    let mut s = store
-        .begin(SourceInfo {
-            uri: uri.into(),
-            modality: Modality::Binary,
-            size: Some(data.len() as u64),
-        })
-        .unwrap();
+    let mut s =
+        store.begin(SourceInfo { uri: uri.into(), modality: Modality::Binary, size: Some(data.len() as u64) }).unwrap();
     s.put(&batch).unwrap();
     s.commit(&root, &summary).unwrap()
 }
@@ -147,14 +137,9 @@ fn many_objects_cross_checkpoints() {
             roots.push((put(&store, &format!("f{i}"), &d).root.unwrap(), d));
         }
     }
-    let store = EmbeddedStore::open_with(
-        dir.path(),
-        hart_embedded::OpenOptions {
-            read_only: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let store =
+        EmbeddedStore::open_with(dir.path(), hart_embedded::OpenOptions { read_only: true, ..Default::default() })
+            .unwrap();
     for (r, d) in &roots {
         assert_eq!(&cat(&store, r), d);
     }

@@ -7,13 +7,11 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum StoreError {
     #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
 
-    #[error("the disk holding {path} is full; free space and run the command again (nothing already stored was changed)")]
+    #[error(
+        "the disk holding {path} is full; free space and run the command again (nothing already stored was changed)"
+    )]
     DiskFull { path: PathBuf },
 
     #[error("the store at {path} is read-only ({reason}); use a writable --store directory")]
@@ -26,27 +24,13 @@ pub enum StoreError {
     NotAStore { path: PathBuf, reason: String },
 
     #[error("store at {path} has format version {found}, this build reads {expected}")]
-    Version {
-        path: PathBuf,
-        found: u32,
-        expected: u32,
-    },
+    Version { path: PathBuf, found: u32, expected: u32 },
 
     #[error("corruption in {path} at offset {offset}: {what}; run `hart fsck` and restore from a copy if it persists")]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        what: String,
-    },
+    Corrupt { path: PathBuf, offset: u64, what: String },
 
-    #[error(
-        "position collision: atom {new} would take key {key}, already held by atom {existing}"
-    )]
-    Collision {
-        key: String,
-        existing: String,
-        new: String,
-    },
+    #[error("position collision: atom {new} would take key {key}, already held by atom {existing}")]
+    Collision { key: String, existing: String, new: String },
 
     #[error("no {what} {id} in this store")]
     NotFound { what: &'static str, id: String },
@@ -67,14 +51,8 @@ impl StoreError {
         let path = path.into();
         match source.raw_os_error() {
             Some(28) => StoreError::DiskFull { path },
-            Some(30) => StoreError::ReadOnly {
-                path,
-                reason: "read-only file system".into(),
-            },
-            Some(13) if op != "read" => StoreError::ReadOnly {
-                path,
-                reason: "permission denied".into(),
-            },
+            Some(30) => StoreError::ReadOnly { path, reason: "read-only file system".into() },
+            Some(13) if op != "read" => StoreError::ReadOnly { path, reason: "permission denied".into() },
             _ => StoreError::Io { op, path, source },
         }
     }

@@ -4,13 +4,14 @@
 //! calling thread, files committed in the order given; channels between them are bounded, so
 //! memory stays bounded whatever the file sizes.
 
+use crate::BoundedMap;
 use crate::{Batch, ObjectInfo, ObjectSummary, SourceInfo, Store, StoreError};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use hart_core::features::leaf_identity;
 use hart_core::tree::{GroupBuilder, NodeOut, TreeBuilder};
 use hart_core::{Child, Hash, Modality};
 use hart_decode::LeafSink;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -22,8 +23,10 @@ const BATCH_OPS: usize = 8192;
 const CHANNEL_DEPTH: usize = 4;
 /// Read size.
 const READ_BLOCK: usize = 1 << 20;
-/// Bound on the per-file caches (entries) before they are dropped and rebuilt.
-const CACHE_MAX: usize = 1 << 20;
+/// Entries per generation of the "already sent" cache.
+const EMITTED_CAP: usize = 1 << 17;
+/// Entries of the token cache before it is dropped and rebuilt.
+const LEAF_CACHE_MAX: usize = 1 << 16;
 
 /// How to ingest.
 #[derive(Debug, Clone, Default)]
@@ -147,7 +150,13 @@ pub fn ingest_files(
                 Ok(info) => on_outcome(Outcome::Stored { path, info }),
                 Err(FileError::Input(error)) => on_outcome(Outcome::Failed { path, error }),
                 Err(FileError::Store(e)) => {
-                    let fatal_kind = matches!(e, StoreError::DiskFull { .. } | StoreError::ReadOnly { .. } | StoreError::Poisoned(_) | StoreError::Io { .. });
+                    let fatal_kind = matches!(
+                        e,
+                        StoreError::DiskFull { .. }
+                            | StoreError::ReadOnly { .. }
+                            | StoreError::Poisoned(_)
+                            | StoreError::Io { .. }
+                    );
                     if fatal_kind {
                         fatal = Some(e);
                     } else {
@@ -242,7 +251,8 @@ fn decode_file(path: &Path, forced: Option<Modality>, progress: &Progress, tx: &
     }
     decoder.finish(&mut asm);
     let root = asm.finish();
-    let summary = ObjectSummary { source_hash: Hash(*hasher.finalize().as_bytes()), size: total, occurrences: asm.occurrences };
+    let summary =
+        ObjectSummary { source_hash: Hash(*hasher.finalize().as_bytes()), size: total, occurrences: asm.occurrences };
     let _ = tx.send(Msg::End { root, summary });
 }
 
@@ -254,7 +264,7 @@ pub struct Assembler {
     group: GroupBuilder,
     tree: TreeBuilder,
     batch: Batch,
-    emitted: FxHashSet<Hash>,
+    emitted: BoundedMap<Hash, ()>,
     leaf_cache: FxHashMap<u64, CachedLeaf>,
     occurrences: u64,
     tx: Sender<Msg>,
@@ -275,7 +285,7 @@ impl Assembler {
             group: GroupBuilder::new(modality),
             tree: TreeBuilder::new(modality),
             batch: Batch::default(),
-            emitted: FxHashSet::default(),
+            emitted: BoundedMap::new(EMITTED_CAP),
             leaf_cache: FxHashMap::default(),
             occurrences: 0,
             tx,
@@ -299,7 +309,7 @@ impl Assembler {
         }
         let (hash, pos) = leaf_identity(self.modality, value);
         let child = Child { hash, pos };
-        if self.leaf_cache.len() >= CACHE_MAX {
+        if self.leaf_cache.len() >= LEAF_CACHE_MAX {
             self.leaf_cache.clear();
         }
         let mut bytes = [0u8; hart_core::LEAF_MAX];
@@ -322,9 +332,6 @@ impl Assembler {
         if self.tx.send(Msg::Batch(b)).is_err() {
             self.closed = true;
         }
-        if self.emitted.len() >= CACHE_MAX {
-            self.emitted.clear();
-        }
     }
 
     fn finish(&mut self) -> Hash {
@@ -338,7 +345,7 @@ impl Assembler {
             None => {
                 // An empty object's root is the empty leaf.
                 let (hash, pos) = leaf_identity(self.modality, b"");
-                if self.emitted.insert(hash) {
+                if self.emitted.insert(hash, ()) {
                     self.batch.push_leaf(self.modality, hash, pos, b"");
                 }
                 self.occurrences += 1;
@@ -350,10 +357,14 @@ impl Assembler {
     }
 }
 
-fn node_sink<'a>(batch: &'a mut Batch, emitted: &'a mut FxHashSet<Hash>, occurrences: &'a mut u64) -> impl FnMut(&NodeOut<'_>) + 'a {
+fn node_sink<'a>(
+    batch: &'a mut Batch,
+    emitted: &'a mut BoundedMap<Hash, ()>,
+    occurrences: &'a mut u64,
+) -> impl FnMut(&NodeOut<'_>) + 'a {
     move |n: &NodeOut<'_>| {
         *occurrences += 1;
-        if emitted.insert(n.hash) {
+        if emitted.insert(n.hash, ()) {
             batch.push_node(n.modality, n.hash, n.pos, n.children.iter().map(|c| c.hash));
         }
     }
@@ -363,24 +374,28 @@ impl LeafSink for Assembler {
     fn leaf(&mut self, value: &[u8]) {
         let child = self.identify(value);
         self.occurrences += 1;
-        if self.emitted.insert(child.hash) {
+        if self.emitted.insert(child.hash, ()) {
             self.batch.push_leaf(self.modality, child.hash, child.pos, value);
         }
-        let Assembler { batch, emitted, occurrences, tree, group, grouped, .. } = self;
-        let mut sink = node_sink(batch, emitted, occurrences);
-        if *grouped {
-            group.push(child, &mut sink);
-        } else {
-            tree.push(child, &mut sink);
+        {
+            let Assembler { batch, emitted, occurrences, tree, group, grouped, .. } = self;
+            let mut sink = node_sink(batch, emitted, occurrences);
+            if *grouped {
+                group.push(child, &mut sink);
+            } else {
+                tree.push(child, &mut sink);
+            }
         }
         self.flush_if_full();
     }
 
     fn end_group(&mut self) {
-        let Assembler { batch, emitted, occurrences, tree, group, .. } = self;
-        let mut sink = node_sink(batch, emitted, occurrences);
-        if let Some(c) = group.finish(&mut sink) {
-            tree.push(c, &mut sink);
+        {
+            let Assembler { batch, emitted, occurrences, tree, group, .. } = self;
+            let mut sink = node_sink(batch, emitted, occurrences);
+            if let Some(c) = group.finish(&mut sink) {
+                tree.push(c, &mut sink);
+            }
         }
         self.flush_if_full();
     }
@@ -395,7 +410,11 @@ pub fn ingest_bytes(store: &dyn Store, uri: &str, modality: Modality, data: &[u8
     decoder.feed(data, &mut asm);
     decoder.finish(&mut asm);
     let root = asm.finish();
-    let summary = ObjectSummary { source_hash: Hash(*blake3::hash(data).as_bytes()), size: data.len() as u64, occurrences: asm.occurrences };
+    let summary = ObjectSummary {
+        source_hash: Hash(*blake3::hash(data).as_bytes()),
+        size: data.len() as u64,
+        occurrences: asm.occurrences,
+    };
     let _ = tx.send(Msg::End { root, summary });
     drop(asm);
     drop(tx);

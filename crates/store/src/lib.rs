@@ -5,7 +5,7 @@
 //! decoders. The pipeline sees only these traits, never a backend.
 
 pub mod error;
-//TMP pub mod ingest;
+pub mod ingest;
 pub mod types;
 
 #[cfg(feature = "conformance")]
@@ -64,11 +64,7 @@ pub trait Session {
     fn put(&mut self, batch: &Batch) -> Result<(), StoreError>;
 
     /// Register the object with its root (which must have been put) and finish.
-    fn commit(
-        self: Box<Self>,
-        root: &Hash,
-        summary: &ObjectSummary,
-    ) -> Result<ObjectInfo, StoreError>;
+    fn commit(self: Box<Self>, root: &Hash, summary: &ObjectSummary) -> Result<ObjectInfo, StoreError>;
 
     /// Give up: the log entry is marked failed; atoms already written stay unreferenced
     /// until `gc`.

@@ -44,14 +44,7 @@ impl Batch {
     pub fn push_leaf(&mut self, modality: Modality, hash: Hash, pos: Position, value: &[u8]) {
         let start = self.bytes.len() as u32;
         self.bytes.extend_from_slice(value);
-        self.ops.push(Op {
-            kind: AtomKind::Leaf,
-            modality,
-            hash,
-            pos,
-            start,
-            len: value.len() as u32,
-        });
+        self.ops.push(Op { kind: AtomKind::Leaf, modality, hash, pos, start, len: value.len() as u32 });
     }
 
     pub fn push_node(
@@ -64,14 +57,7 @@ impl Batch {
         let start = self.kids.len() as u32;
         self.kids.extend(children);
         let len = self.kids.len() as u32 - start;
-        self.ops.push(Op {
-            kind: AtomKind::Node,
-            modality,
-            hash,
-            pos,
-            start,
-            len,
-        });
+        self.ops.push(Op { kind: AtomKind::Node, modality, hash, pos, start, len });
     }
 
     pub fn value(&self, op: &Op) -> &[u8] {
@@ -109,8 +95,7 @@ mod opt_hex {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
         let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| hex::decode(s).map_err(serde::de::Error::custom))
-            .transpose()
+        s.map(|s| hex::decode(s).map_err(serde::de::Error::custom)).transpose()
     }
     mod hex {
         pub fn encode(b: &[u8]) -> String {
@@ -120,10 +105,7 @@ mod opt_hex {
             if s.len() % 2 != 0 {
                 return Err("odd hex length".into());
             }
-            (0..s.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| e.to_string()))
-                .collect()
+            (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| e.to_string())).collect()
         }
     }
 }
@@ -236,8 +218,54 @@ impl FsckReport {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A map that forgets: two generations of at most `cap` entries each; when the young one is
+/// full it becomes the old one and the previous old one is dropped. Lookups see both. Memory
+/// stays bounded while recently used entries stay cheap to find.
+#[derive(Debug)]
+pub struct BoundedMap<K, V> {
+    young: rustc_hash::FxHashMap<K, V>,
+    old: rustc_hash::FxHashMap<K, V>,
+    cap: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Copy, V: Copy> BoundedMap<K, V> {
+    pub fn new(cap: usize) -> Self {
+        BoundedMap { young: rustc_hash::FxHashMap::default(), old: rustc_hash::FxHashMap::default(), cap }
+    }
+
+    #[inline]
+    pub fn get(&self, k: &K) -> Option<V> {
+        self.young.get(k).or_else(|| self.old.get(k)).copied()
+    }
+
+    /// Look up, moving an entry found in the old generation into the young one so that
+    /// entries in steady use are never forgotten.
+    #[inline]
+    pub fn get_promote(&mut self, k: &K) -> Option<V> {
+        if let Some(v) = self.young.get(k) {
+            return Some(*v);
+        }
+        let v = *self.old.get(k)?;
+        self.insert(*k, v);
+        Some(v)
+    }
+
+    /// Insert; returns true if the key was not present in either generation.
+    #[inline]
+    pub fn insert(&mut self, k: K, v: V) -> bool {
+        if self.young.len() >= self.cap {
+            self.old = std::mem::take(&mut self.young);
+            self.young.reserve(self.cap);
+        }
+        let fresh = !self.old.contains_key(&k);
+        self.young.insert(k, v).is_none() && fresh
+    }
+
+    pub fn clear(&mut self) {
+        self.young.clear();
+        self.old.clear();
+    }
 }

@@ -1,0 +1,405 @@
+//! One function per `hart` subcommand, over the storage interface.
+
+use crate::output::{self, bar, size, user};
+use crate::{exit, Cli, Command};
+use anyhow::{Context, Result};
+use hart_core::{geom, Hash, HilbertKey};
+use hart_embedded::{EmbeddedStore, OpenOptions};
+use hart_store::ingest::{collect_files, ingest_files, IngestOptions, Outcome, Progress};
+use hart_store::{ObjectInfo, Status, Store};
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+pub fn run(cli: &Cli) -> Result<u8> {
+    match &cli.command {
+        Command::Ingest { paths, modality, workers } => ingest(cli, paths, *modality, *workers),
+        Command::Ls { all } => ls(cli, *all),
+        Command::Cat { id, output } => cat(cli, id, output.as_ref()),
+        Command::Show { id, all } => show(cli, id, *all),
+        Command::Stats => stats(cli),
+        Command::Rm { ids } => rm(cli, ids),
+        Command::Gc => gc(cli),
+        Command::Fsck => fsck(cli),
+        Command::Bench(args) => crate::bench::run(cli, args),
+    }
+}
+
+fn store_dir(cli: &Cli) -> PathBuf {
+    cli.store.clone().unwrap_or_else(|| {
+        dirs::data_dir()
+            .unwrap_or_else(|| dirs::home_dir().unwrap_or_else(|| PathBuf::from(".")).join(".local/share"))
+            .join("hartonomous")
+    })
+}
+
+fn open(cli: &Cli, write: bool) -> Result<Box<dyn Store>> {
+    let dir = store_dir(cli);
+    let s = EmbeddedStore::open_with(&dir, OpenOptions { read_only: !write, ..OpenOptions::default() })
+        .with_context(|| format!("cannot open the store at {}", dir.display()))?;
+    Ok(Box::new(s))
+}
+
+/// Resolve an atom id: `#N` (object N's root), a Hilbert key `a:b:c`, a full hash, or a
+/// unique hash prefix of at least 4 hex digits.
+fn resolve(store: &dyn Store, id: &str) -> Result<Hash> {
+    if let Some(n) = id.strip_prefix('#') {
+        let n: u64 =
+            n.parse().map_err(|_| user(format!("{id:?}: an object id is # followed by a number"), exit::USAGE))?;
+        let o = store
+            .objects()?
+            .into_iter()
+            .find(|o| o.id == n)
+            .ok_or_else(|| user(format!("no object #{n} in this store (see `hart ls --all`)"), exit::NOT_FOUND))?;
+        return o.root.ok_or_else(|| user(format!("object #{n} is {:?} and has no root", o.status), exit::NOT_FOUND));
+    }
+    if id.contains(':') {
+        let key: HilbertKey = id.parse().map_err(|e: String| user(e, exit::USAGE))?;
+        return store
+            .get_by_key(&key)?
+            .map(|r| r.hash)
+            .ok_or_else(|| user(format!("no atom has Hilbert key {key}"), exit::NOT_FOUND));
+    }
+    if id.len() == 64 {
+        return id.parse().map_err(|e| user(format!("{id:?}: {e}"), exit::USAGE));
+    }
+    if id.len() < 4 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(user(format!("{id:?} is not an atom id: give a content hash (or a prefix of at least 4 hex digits), a Hilbert key h_xy:h_yz:h_zm, or #OBJECT_ID"), exit::USAGE));
+    }
+    let found = store.find_prefix(id, 2)?;
+    match found.as_slice() {
+        [] => Err(user(format!("no atom's hash starts with {id}"), exit::NOT_FOUND)),
+        [one] => Ok(*one),
+        _ => Err(user(
+            format!(
+                "{id} is ambiguous ({}…, {}…): give more digits",
+                &found[0].to_hex()[..16],
+                &found[1].to_hex()[..16]
+            ),
+            exit::USAGE,
+        )),
+    }
+}
+
+fn short(h: &Option<Hash>) -> String {
+    h.map(|h| h.to_hex()[..16].to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Pending => "pending",
+        Status::Running => "running",
+        Status::Completed => "completed",
+        Status::Failed => "failed",
+        Status::Unchanged => "unchanged",
+        Status::Deleted => "deleted",
+    }
+}
+
+fn ingest(cli: &Cli, paths: &[PathBuf], modality: Option<hart_core::Modality>, workers: usize) -> Result<u8> {
+    let store = open(cli, true)?;
+    let (files, walk_errors) = collect_files(paths);
+    let total: u64 = files.iter().map(|f| f.1).sum();
+    let progress = Progress::default();
+    let pb = bar(total, "ingest", cli.quiet || cli.json);
+    let start = Instant::now();
+    let mut stored: Vec<ObjectInfo> = Vec::new();
+    let mut failed: Vec<(PathBuf, String)> = walk_errors;
+    for (p, e) in &failed {
+        pb.suspend(|| eprintln!("skipped  {}: {e}", p.display()));
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                pb.set_position(progress.bytes_done.load(Ordering::Relaxed));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let r =
+            ingest_files(store.as_ref(), &files, &IngestOptions { modality, workers }, &progress, &mut |o| match o {
+                Outcome::Stored { path, info } => {
+                    if !cli.json {
+                        let line = format!(
+                            "{:<9} {}  {:>10}  {:<6}  {:>7} new {:>7} shared  {}",
+                            status_name(info.status),
+                            short(&info.root),
+                            size(info.size),
+                            info.modality,
+                            info.atoms_created,
+                            info.atoms_referenced,
+                            path.display()
+                        );
+                        pb.suspend(|| println!("{line}"));
+                    }
+                    stored.push(info);
+                }
+                Outcome::Failed { path, error } => {
+                    pb.suspend(|| eprintln!("failed   {}: {error}", path.display()));
+                    failed.push((path, error));
+                }
+            });
+        done.store(true, Ordering::Relaxed);
+        r
+    });
+    pb.finish_and_clear();
+    let flushed = store.flush();
+    result.context("ingest stopped; objects committed before the error are stored and intact")?;
+    flushed.context("could not make the ingested objects durable")?;
+    let secs = start.elapsed().as_secs_f64();
+    let bytes: u64 = stored.iter().map(|o| o.size).sum();
+    let created: u64 = stored.iter().map(|o| o.atoms_created).sum();
+    let referenced: u64 = stored.iter().map(|o| o.atoms_referenced).sum();
+    let unchanged = stored.iter().filter(|o| o.status == Status::Unchanged).count();
+    if cli.json {
+        let v = json!({
+            "objects": stored,
+            "failed": failed.iter().map(|(p, e)| json!({"path": p, "error": e})).collect::<Vec<_>>(),
+            "totals": {"files": stored.len(), "unchanged": unchanged, "failed": failed.len(), "bytes": bytes,
+                       "atoms_created": created, "atoms_referenced": referenced, "seconds": secs,
+                       "mb_per_s": bytes as f64 / 1e6 / secs.max(1e-9)}
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        eprintln!(
+            "{} objects ({} unchanged, {} failed), {} in {:.2}s ({:.1} MB/s); {} new atoms, {} references to atoms already stored",
+            stored.len(),
+            unchanged,
+            failed.len(),
+            size(bytes),
+            secs,
+            bytes as f64 / 1e6 / secs.max(1e-9),
+            created,
+            referenced
+        );
+    }
+    Ok(if failed.is_empty() { 0 } else { exit::PARTIAL })
+}
+
+fn ls(cli: &Cli, all: bool) -> Result<u8> {
+    let store = open(cli, false)?;
+    let objs: Vec<ObjectInfo> = store.objects()?.into_iter().filter(|o| all || o.status == Status::Completed).collect();
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&objs)?);
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:>6}  {:<9}  {:<16}  {:>10}  {:<6}  uri", "id", "status", "root", "size", "kind")?;
+    for o in &objs {
+        writeln!(
+            out,
+            "{:>6}  {:<9}  {:<16}  {:>10}  {:<6}  {}",
+            format!("#{}", o.id),
+            status_name(o.status),
+            short(&o.root),
+            size(o.size),
+            o.modality,
+            o.uri
+        )?;
+    }
+    Ok(0)
+}
+
+fn cat(cli: &Cli, id: &str, output: Option<&PathBuf>) -> Result<u8> {
+    let store = open(cli, false)?;
+    let root = resolve(store.as_ref(), id)?;
+    let n = match output {
+        Some(path) => {
+            let tmp = path.with_extension("hart-partial");
+            let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+            let n = store.cat(&root, &mut f)?;
+            f.sync_all().with_context(|| format!("cannot write {}", tmp.display()))?;
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+            n
+        }
+        None => {
+            if cli.json {
+                return Err(user(
+                    "`cat --json` needs -o FILE (the bytes go to the file, the summary to stdout)",
+                    exit::USAGE,
+                ));
+            }
+            let stdout = std::io::stdout();
+            let mut lock = stdout.lock();
+            match store.cat(&root, &mut lock) {
+                Ok(n) => n,
+                Err(hart_store::StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Ok(0)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    if cli.json {
+        println!("{}", json!({"root": root, "bytes": n, "output": output}));
+    }
+    Ok(0)
+}
+
+fn show(cli: &Cli, id: &str, all: bool) -> Result<u8> {
+    let store = open(cli, false)?;
+    let hash = resolve(store.as_ref(), id)?;
+    let rec = store.get(&hash)?.ok_or_else(|| user(format!("no atom {hash}"), exit::NOT_FOUND))?;
+    let mut kids = Vec::with_capacity(rec.children.len());
+    for c in &rec.children {
+        kids.push(store.get(c)?.ok_or_else(|| anyhow::anyhow!("child {c} of {hash} is missing: run `hart fsck`"))?);
+    }
+    let positions: Vec<_> = kids.iter().map(|k| k.position).collect();
+    let wkt = geom::wkt(&rec.position, &positions);
+    if cli.json {
+        let mut v = serde_json::to_value(&rec)?;
+        v["geometry_wkt"] = json!(wkt);
+        v["value_text"] = json!(rec.value.as_ref().and_then(|v| std::str::from_utf8(v).ok()));
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    let p = rec.position;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "atom      {}", rec.hash)?;
+    writeln!(out, "key       {}", rec.key)?;
+    writeln!(out, "modality  {}  ({:?})", rec.modality, rec.kind)?;
+    writeln!(out, "position  x={} y={} z={} m={}", p.x, p.y, p.z, p.m)?;
+    writeln!(out, "refs      {}", rec.ref_count)?;
+    if let Some(v) = &rec.value {
+        writeln!(out, "value     {} ({} bytes)", output::value_preview(v), v.len())?;
+    }
+    if !kids.is_empty() {
+        writeln!(out, "children  {}", kids.len())?;
+        let shown = if all { kids.len() } else { kids.len().min(16) };
+        for (i, k) in kids.iter().take(shown).enumerate() {
+            let what = match &k.value {
+                Some(v) => output::value_preview(v),
+                None => format!("composite of {}", k.children.len()),
+            };
+            writeln!(out, "  {i:>4}  {}  {what}", &k.hash.to_hex()[..16])?;
+        }
+        if shown < kids.len() {
+            writeln!(out, "  … {} more (--all)", kids.len() - shown)?;
+        }
+    }
+    writeln!(out, "geometry  {wkt}")?;
+    Ok(0)
+}
+
+fn stats(cli: &Cli) -> Result<u8> {
+    let store = open(cli, false)?;
+    let s = store.stats()?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "backend        {}", s.backend)?;
+    writeln!(out, "objects        {}  ({} logical)", s.objects, size(s.logical_bytes))?;
+    writeln!(out, "atoms          {}  ({} unique leaf bytes)", s.atoms, size(s.unique_bytes))?;
+    writeln!(out, "dedup ratio    {:.2}x  (logical / unique)", s.dedup_ratio)?;
+    writeln!(
+        out,
+        "stored bytes   {}  ({:.2}x of logical)",
+        size(s.stored_bytes),
+        s.stored_bytes as f64 / (s.logical_bytes.max(1)) as f64
+    )?;
+    writeln!(out, "garbage        {} atoms at zero references (hart gc)", s.garbage_atoms)?;
+    writeln!(out, "{:<10} {:>12} {:>12} {:>12}", "modality", "leaves", "composites", "leaf bytes")?;
+    for (m, c) in &s.per_modality {
+        writeln!(out, "{:<10} {:>12} {:>12} {:>12}", m, c.leaves, c.composites, size(c.leaf_bytes))?;
+    }
+    Ok(0)
+}
+
+fn rm(cli: &Cli, ids: &[String]) -> Result<u8> {
+    let store = open(cli, true)?;
+    let mut removed = Vec::new();
+    for id in ids {
+        let targets: Vec<u64> = if let Some(n) = id.strip_prefix('#') {
+            vec![n.parse().map_err(|_| user(format!("{id:?}: an object id is # followed by a number"), exit::USAGE))?]
+        } else {
+            let root = resolve(store.as_ref(), id)?;
+            let t: Vec<u64> = store
+                .objects()?
+                .into_iter()
+                .filter(|o| o.root == Some(root) && matches!(o.status, Status::Completed | Status::Unchanged))
+                .map(|o| o.id)
+                .collect();
+            if t.is_empty() {
+                return Err(user(format!("no live object has root {root}"), exit::NOT_FOUND));
+            }
+            t
+        };
+        for t in targets {
+            let info = store.delete_object(t)?;
+            if !cli.json {
+                println!("removed  #{}  {}  {}", info.id, short(&info.root), info.uri);
+            }
+            removed.push(info);
+        }
+    }
+    store.flush()?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&json!({"removed": removed}))?);
+    } else {
+        eprintln!("{} object(s) removed; run `hart gc` to collect atoms nothing else uses", removed.len());
+    }
+    Ok(0)
+}
+
+fn gc(cli: &Cli) -> Result<u8> {
+    let store = open(cli, true)?;
+    let start = Instant::now();
+    let r = store.gc()?;
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"atoms_removed": r.atoms_removed, "bytes_removed": r.bytes_removed, "seconds": start.elapsed().as_secs_f64()})
+            )?
+        );
+    } else {
+        println!(
+            "removed {} atoms ({} of records) in {:.2}s",
+            r.atoms_removed,
+            size(r.bytes_removed),
+            start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(0)
+}
+
+fn fsck(cli: &Cli) -> Result<u8> {
+    let store = open(cli, false)?;
+    let pb = bar(0, "fsck", cli.quiet || cli.json);
+    let start = Instant::now();
+    let r = store.fsck(&|done, total| {
+        pb.set_length(total);
+        pb.set_position(done);
+    })?;
+    pb.finish_and_clear();
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"ok": r.ok(), "report": r, "seconds": start.elapsed().as_secs_f64()})
+            )?
+        );
+    } else {
+        println!(
+            "checked {} atoms, {} references, {} objects ({} rebuilt) in {:.2}s",
+            r.atoms_checked,
+            r.references_counted,
+            r.objects_checked,
+            size(r.bytes_reconstructed),
+            start.elapsed().as_secs_f64()
+        );
+        if r.ok() {
+            println!("ok: reference counts, hashes, indexes and objects all agree");
+        } else {
+            for p in &r.problems {
+                println!("problem: {p}");
+            }
+        }
+    }
+    Ok(if r.ok() { 0 } else { exit::FSCK })
+}
