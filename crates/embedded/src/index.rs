@@ -29,6 +29,9 @@ pub struct Run<const K: usize> {
     pub id: u64,
     pub path: PathBuf,
     map: Mmap,
+    /// For positioned reads: the writer's lookups read through it instead of the mapping,
+    /// so probing the index does not grow the process's resident memory.
+    file: File,
     count: usize,
     /// Where the bloom words start in the map, and how many blocks there are.
     bloom_at: usize,
@@ -46,6 +49,11 @@ fn mix(mut z: u64) -> u64 {
 /// Two independent 64-bit hashes of a key.
 #[inline]
 pub fn key_hashes<const K: usize>(key: &[u8; K]) -> (u64, u64) {
+    slice_hashes(key)
+}
+
+#[inline]
+fn slice_hashes(key: &[u8]) -> (u64, u64) {
     let mut a = 0x9e37_79b9_7f4a_7c15u64;
     for chunk in key.chunks(8) {
         let mut b = [0u8; 8];
@@ -135,7 +143,11 @@ impl<const K: usize> Run<K> {
         let mut crc = crc32fast::Hasher::new();
         let mut count = 0u64;
         let mut entry = [0u8; 64];
+        let mut fences: Vec<[u8; K]> = Vec::with_capacity(cap.div_ceil(BLOCK));
         for (k, v) in entries {
+            if count as usize % BLOCK == 0 {
+                fences.push(k);
+            }
             for (w, m) in probes(blocks, key_hashes(&k)).1 {
                 bloom[w] |= m;
             }
@@ -148,6 +160,10 @@ impl<const K: usize> Run<K> {
         for word in &bloom {
             crc.update(&word.to_le_bytes());
             w.write_all(&word.to_le_bytes()).map_err(io("write"))?;
+        }
+        for f in &fences {
+            crc.update(f);
+            w.write_all(f).map_err(io("write"))?;
         }
         let mut header = [0u8; RUN_HEADER];
         header[..8].copy_from_slice(RUN_MAGIC);
@@ -163,7 +179,9 @@ impl<const K: usize> Run<K> {
         Run::open(&path, id)
     }
 
-    /// Open a run, checking its header and checksum, loading bloom and fences.
+    /// Open a run: check its header and size and load its fences. The checksum is checked
+    /// by [`Run::verify`] (fsck), not here: reading the whole run would make every open cost
+    /// the size of the index.
     pub fn open(path: &Path, id: u64) -> Result<Run<K>, StoreError> {
         let corrupt = |what: &str| StoreError::Corrupt { path: path.to_path_buf(), offset: 0, what: what.to_string() };
         let f = File::open(path).map_err(|e| StoreError::io("read", path, e))?;
@@ -173,25 +191,66 @@ impl<const K: usize> Run<K> {
             return Err(corrupt("not an index run"));
         }
         let word = |i: usize| u64::from_le_bytes(map[8 * i..8 * i + 8].try_into().expect("8"));
-        let (k, count, words, sum) = (word(1), word(2) as usize, word(3) as usize, word(4));
+        let (k, count, words) = (word(1), word(2) as usize, word(3) as usize);
         let body = Self::HEADER + count * Self::ENTRY;
-        if k as usize != K || map.len() != body + words * 8 {
+        let nfences = count.div_ceil(BLOCK);
+        let fences_at = body + words * 8;
+        if k as usize != K || map.len() != fences_at + nfences * K {
             return Err(corrupt("index run has the wrong size"));
-        }
-        if u64::from(crc32fast::hash(&map[Self::HEADER..])) != sum {
-            return Err(corrupt("index run checksum mismatch"));
         }
         if words % BLOCK_WORDS != 0 || words == 0 {
             return Err(corrupt("index run has a malformed bloom filter"));
         }
-        let fences = (0..count).step_by(BLOCK).map(|i| *Self::key_at(&map, i)).collect();
-        Ok(Run { id, path: path.to_path_buf(), map, count, bloom_at: body, blocks: words / BLOCK_WORDS, fences })
+        let fences = map[fences_at..].chunks_exact(K).map(|c| <[u8; K]>::try_from(c).expect("K")).collect();
+        Ok(Run {
+            id,
+            path: path.to_path_buf(),
+            map,
+            file: f,
+            count,
+            bloom_at: body,
+            blocks: words / BLOCK_WORDS,
+            fences,
+        })
     }
 
-    #[inline]
-    fn key_at(map: &[u8], i: usize) -> &[u8; K] {
-        let p = Self::HEADER + i * Self::ENTRY;
-        map[p..p + K].try_into().expect("K")
+    /// Check the run's checksum and order (reads it all).
+    pub fn verify(&self) -> Result<(), String> {
+        let sum = u64::from_le_bytes(self.map[32..40].try_into().expect("8"));
+        if u64::from(crc32fast::hash(&self.map[Self::HEADER..])) != sum {
+            return Err(format!("{}: checksum mismatch", self.path.display()));
+        }
+        let mut prev: Option<([u8; K], u64)> = None;
+        for i in 0..self.count {
+            let (k, v) = self.entry(i);
+            if prev.is_some_and(|p| p >= (*k, v)) {
+                return Err(format!("{}: entries out of order at {i}", self.path.display()));
+            }
+            prev = Some((*k, v));
+        }
+        Ok(())
+    }
+
+    /// Every entry in order, read through a buffer rather than the mapping, so a full pass
+    /// (a merge, a bloom rebuild) does not charge the whole file to the process's memory.
+    pub fn stream(&self) -> Result<impl Iterator<Item = ([u8; K], u64)> + '_, StoreError> {
+        use std::io::{BufReader, Read, Seek, SeekFrom};
+        let f = File::open(&self.path).map_err(|e| StoreError::io("read", &self.path, e))?;
+        let mut r = BufReader::with_capacity(1 << 20, f);
+        r.seek(SeekFrom::Start(Self::HEADER as u64)).map_err(|e| StoreError::io("read", &self.path, e))?;
+        let mut left = self.count;
+        Ok(std::iter::from_fn(move || {
+            if left == 0 {
+                return None;
+            }
+            let mut e = [0u8; 64];
+            // A read error mid-merge ends the stream early; the merged run's count then
+            // disagrees with its sources and `verify` reports it. Reads from a local file
+            // that was just written do not fail short of a hardware fault.
+            r.read_exact(&mut e[..K + 8]).ok()?;
+            left -= 1;
+            Some((e[..K].try_into().expect("K"), u64::from_le_bytes(e[K..K + 8].try_into().expect("8"))))
+        }))
     }
 
     #[inline]
@@ -232,11 +291,10 @@ impl<const K: usize> Run<K> {
         probes(self.blocks, h).1.iter().all(|&(w, m)| word(w) & m != 0)
     }
 
-    /// Append the offsets stored under `key` to `out`; `filtered` skips this run's own bloom
-    /// (the caller already asked a global one).
+    /// Append the offsets stored under `key` to `out`.
     #[inline]
-    pub fn find(&self, key: &[u8; K], filtered: bool, out: &mut Vec<u64>) {
-        if self.count == 0 || (!filtered && !self.may_contain(key_hashes(key))) {
+    pub fn find(&self, key: &[u8; K], out: &mut Vec<u64>) {
+        if self.count == 0 || !self.may_contain(key_hashes(key)) {
             return;
         }
         let mut i = self.lower_bound(key);
@@ -248,6 +306,35 @@ impl<const K: usize> Run<K> {
             out.push(v);
             i += 1;
         }
+    }
+
+    /// Offsets of entries whose key starts with `prefix`, read with positioned reads.
+    pub fn find_prefix_pread(&self, prefix: &[u8], out: &mut Vec<u64>) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt;
+        if self.count == 0 {
+            return Ok(());
+        }
+        let mut lo = [0u8; K];
+        lo[..prefix.len()].copy_from_slice(prefix);
+        let mut block = self.fences.partition_point(|f| f < &lo).saturating_sub(1);
+        let mut buf = vec![0u8; BLOCK * Self::ENTRY];
+        while block * BLOCK < self.count {
+            let first = block * BLOCK;
+            let n = BLOCK.min(self.count - first);
+            let at = (Self::HEADER + first * Self::ENTRY) as u64;
+            self.file
+                .read_exact_at(&mut buf[..n * Self::ENTRY], at)
+                .map_err(|e| StoreError::io("read", &self.path, e))?;
+            for e in buf[..n * Self::ENTRY].chunks_exact(Self::ENTRY) {
+                match e[..prefix.len()].cmp(prefix) {
+                    std::cmp::Ordering::Less => {}
+                    std::cmp::Ordering::Equal => out.push(u64::from_le_bytes(e[K..K + 8].try_into().expect("8"))),
+                    std::cmp::Ordering::Greater => return Ok(()),
+                }
+            }
+            block += 1;
+        }
+        Ok(())
     }
 
     /// Entries with `lo ≤ key ≤ hi`, at most `limit`.
@@ -263,14 +350,6 @@ impl<const K: usize> Run<K> {
         }
     }
 
-    /// Every entry, in order.
-    pub fn iter(&self) -> impl Iterator<Item = ([u8; K], u64)> + '_ {
-        (0..self.count).map(|i| {
-            let (k, v) = self.entry(i);
-            (*k, v)
-        })
-    }
-
     /// Bytes the fences take in memory (the bloom stays in the mapped file).
     pub fn memory(&self) -> usize {
         self.fences.len() * K
@@ -283,6 +362,10 @@ const LEVEL_BASE: usize = 1 << 18;
 const FANOUT: usize = 4;
 /// Bits per key of the global bloom when it is (re)built.
 const GLOBAL_BITS_PER_KEY: u64 = 8;
+/// The global bloom knows keys by their first bytes: for the hash index these are the
+/// content-hash bytes that also fill positions' low bits, so one probe answers both "may
+/// this atom exist?" and "may an atom hold this position?".
+pub const GLOBAL_PREFIX: usize = 8;
 
 fn level(count: usize) -> u32 {
     let mut l = 0;
@@ -316,35 +399,47 @@ impl<const K: usize> Runs<K> {
         Ok(Runs { prefix, runs, global: None })
     }
 
-    /// Build the global bloom (writers): one pass over every run.
-    pub fn build_global(&mut self) {
+    /// Build the global bloom (writers) over the first [`GLOBAL_PREFIX`] bytes of every key:
+    /// one pass over every run.
+    pub fn build_global(&mut self) -> Result<(), StoreError> {
         let n: usize = self.runs.iter().map(Run::len).sum();
         let mut g = Bloom::with_capacity((n + n / 2).max(1 << 20), GLOBAL_BITS_PER_KEY);
         for r in &self.runs {
-            for (k, _) in r.iter() {
-                g.insert(key_hashes(&k));
+            for (k, _) in r.stream()? {
+                g.insert(slice_hashes(&k[..GLOBAL_PREFIX]));
             }
         }
         self.global = Some(g);
+        Ok(())
+    }
+
+    pub fn has_global(&self) -> bool {
+        self.global.is_some()
+    }
+
+    /// Offsets of every entry whose key starts with `prefix` ([`GLOBAL_PREFIX`] bytes),
+    /// asking the global bloom first (writers).
+    pub fn candidates(&self, prefix: &[u8; GLOBAL_PREFIX], out: &mut Vec<u64>) -> Result<(), StoreError> {
+        if let Some(g) = &self.global {
+            if !g.contains(slice_hashes(prefix)) {
+                return Ok(());
+            }
+        }
+        for r in self.runs.iter().rev() {
+            r.find_prefix_pread(prefix, out)?;
+        }
+        Ok(())
     }
 
     pub fn ids(&self) -> Vec<u64> {
         self.runs.iter().map(|r| r.id).collect()
     }
 
+    /// Offsets stored under exactly `key` (each run's own bloom filters it).
     #[inline]
     pub fn find(&self, key: &[u8; K], out: &mut Vec<u64>) {
-        let filtered = match &self.global {
-            Some(g) => {
-                if !g.contains(key_hashes(key)) {
-                    return;
-                }
-                true
-            }
-            None => false,
-        };
         for r in self.runs.iter().rev() {
-            r.find(key, filtered, out);
+            r.find(key, out);
         }
     }
 
@@ -365,7 +460,7 @@ impl<const K: usize> Runs<K> {
         }
         if let Some(g) = &mut self.global {
             for (k, _) in &entries {
-                g.insert(key_hashes(k));
+                g.insert(slice_hashes(&k[..GLOBAL_PREFIX]));
             }
         }
         let id = *next_id;
@@ -385,15 +480,21 @@ impl<const K: usize> Runs<K> {
             let cap = group.iter().map(Run::len).sum();
             let id = *next_id;
             *next_id += 1;
-            let merged = Merge { sources: group.iter().map(|r| r.iter().peekable()).collect(), keep, last: None };
+            let sources = group.iter().map(|r| r.stream().map(Iterator::peekable)).collect::<Result<Vec<_>, _>>()?;
+            let merged = Merge { sources, keep, last: None };
             let run = Run::write(dir, id, self.prefix, cap, merged)?;
             obsolete.extend(group.iter().map(|r| r.path.clone()));
             self.runs.push(run);
         }
         if self.global.as_ref().is_some_and(Bloom::is_full) {
-            self.build_global();
+            self.build_global()?;
         }
         Ok(obsolete)
+    }
+
+    /// Check every run (fsck).
+    pub fn verify(&self) -> Vec<String> {
+        self.runs.iter().filter_map(|r| r.verify().err()).collect()
     }
 
     pub fn memory(&self) -> usize {
@@ -459,7 +560,7 @@ mod tests {
             }
         }
         assert!(runs.runs.len() <= 6, "{} runs", runs.runs.len());
-        runs.build_global();
+        runs.build_global().unwrap();
         for (k, v) in all.iter().step_by(37) {
             let mut out = Vec::new();
             runs.find(k, &mut out);

@@ -81,6 +81,8 @@ struct Derived {
     hmem: FxHashMap<Hash, u64>,
     kmem: FxHashMap<HilbertKey, u64>,
     state: State,
+    /// Reused buffer for a composite's distinct children.
+    kids: Vec<u64>,
 }
 
 struct Inner {
@@ -92,6 +94,12 @@ struct Inner {
     manifest: Manifest,
     poisoned: Option<String>,
     checkpointed_at: u64,
+}
+
+enum Probe {
+    Found(u64),
+    Collision(u64),
+    New,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -143,19 +151,24 @@ impl Derived {
         self.kmem.insert(HilbertKey::new(modality, pos), off);
         self.state.created(off);
         self.state.counters.at(modality.as_u8()).composites += 1;
-        let mut kids: Vec<u64> = children.collect();
+        let mut kids = std::mem::take(&mut self.kids);
+        kids.clear();
+        kids.extend(children);
         kids.sort_unstable();
         kids.dedup();
         let mut old = 0;
-        for k in kids {
+        let mut result = Ok(());
+        for &k in &kids {
             if !self.state.incref(k) {
-                return Err(format!("composite at {off} references removed atom at {k}"));
+                result = Err(format!("composite at {off} references removed atom at {k}"));
+                break;
             }
             if k < before {
                 old += 1;
             }
         }
-        Ok(old)
+        self.kids = kids;
+        result.map(|()| old)
     }
 
     /// Remove an atom at zero references: mark it dead and release its children. Children
@@ -352,13 +365,42 @@ impl Inner {
             }
         }
         let mut cand = Vec::new();
-        self.hruns.find(hash.0[..16].try_into().expect("16"), &mut cand);
+        if self.hruns.has_global() {
+            self.hruns.candidates(hash.0[..8].try_into().expect("8"), &mut cand)?;
+        } else {
+            self.hruns.find(hash.0[..16].try_into().expect("16"), &mut cand);
+        }
         for o in cand {
             if !self.d.state.is_dead(o) && self.hash_at(o)? == *hash {
                 return Ok(Some(o));
             }
         }
         Ok(None)
+    }
+
+    /// The writer's question for an atom about to be put: is it stored already, does another
+    /// atom hold its key, or is it new? A key collision implies equal position hash bits,
+    /// that is equal first eight hash bytes, so the hash index answers both at once.
+    fn probe(&self, hash: &Hash, key: &HilbertKey) -> Result<Probe, StoreError> {
+        let live = |o: &u64| !self.d.state.is_dead(*o);
+        if let Some(&o) = self.d.hmem.get(hash).filter(|o| live(o)) {
+            return Ok(Probe::Found(o));
+        }
+        if let Some(&o) = self.d.kmem.get(key).filter(|o| live(o)) {
+            return Ok(Probe::Collision(o));
+        }
+        let mut cand = Vec::new();
+        self.hruns.candidates(hash.0[..8].try_into().expect("8"), &mut cand)?;
+        for o in cand.into_iter().filter(live) {
+            let (m, h, p, _) = self.identity(o)?;
+            if h == *hash {
+                return Ok(Probe::Found(o));
+            }
+            if HilbertKey::new(m, &p) == *key {
+                return Ok(Probe::Collision(o));
+            }
+        }
+        Ok(Probe::New)
     }
 
     /// Log offset of the live atom with this Hilbert key.
@@ -617,8 +659,7 @@ impl EmbeddedStore {
             Ok(())
         })?;
         if writable {
-            inner.hruns.build_global();
-            inner.kruns.build_global();
+            inner.hruns.build_global()?;
             inner.log.truncate_and_open_for_append(end)?;
             inner.recover_interrupted()?;
             inner.remove_orphans();
@@ -764,18 +805,24 @@ impl Session for EmbeddedSession<'_> {
         let inner = &mut *guard;
         inner.check()?;
         for op in &batch.ops {
-            if let Some(o) = self.resolve(inner, &op.hash)? {
-                self.map.insert(op.hash, o);
+            if self.map.get_promote(&op.hash).is_some() {
                 continue;
             }
             let key = HilbertKey::new(op.modality, &op.pos);
-            if let Some(o) = inner.find_key(&key)? {
-                let existing = inner.hash_at(o)?;
-                return Err(StoreError::Collision {
-                    key: key.to_string(),
-                    existing: existing.to_hex(),
-                    new: op.hash.to_hex(),
-                });
+            match inner.probe(&op.hash, &key)? {
+                Probe::Found(o) => {
+                    self.map.insert(op.hash, o);
+                    continue;
+                }
+                Probe::Collision(o) => {
+                    let existing = inner.hash_at(o)?;
+                    return Err(StoreError::Collision {
+                        key: key.to_string(),
+                        existing: existing.to_hex(),
+                        new: op.hash.to_hex(),
+                    });
+                }
+                Probe::New => {}
             }
             let m = op.modality;
             let off = match op.kind {
@@ -1234,6 +1281,9 @@ fn fsck(inner: &Inner, progress: &dyn Fn(u64, u64)) -> Result<FsckReport, StoreE
         if inner.find_key(&HilbertKey::new(m, &pos))? != Some(off) {
             problem(&mut r, format!("atom at {off} ({hash}) is not found by its Hilbert key"));
         }
+    }
+    for p in inner.hruns.verify().into_iter().chain(inner.kruns.verify()) {
+        problem(&mut r, format!("index run {p}"));
     }
     // Pass 3: every completed object rebuilds to its source hash.
     for o in inner.d.state.objects.values() {

@@ -256,6 +256,10 @@ impl<K: std::hash::Hash + Eq + Copy, V: Copy> BoundedMap<K, V> {
     /// Insert; returns true if the key was not present in either generation.
     #[inline]
     pub fn insert(&mut self, k: K, v: V) -> bool {
+        if let Some(slot) = self.young.get_mut(&k) {
+            *slot = v;
+            return false;
+        }
         if self.young.len() >= self.cap {
             self.old = std::mem::take(&mut self.young);
             self.young.reserve(self.cap);
