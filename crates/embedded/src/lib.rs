@@ -503,6 +503,9 @@ impl Inner {
         let generation = self.manifest.generation + 1;
         let state_dir = self.dir.join("state");
         self.d.state.save(&state_dir.join(format!("state-{generation:08}.bin")))?;
+        // The manifest must never name a file whose directory entry could be lost.
+        log::sync_dir(&index_dir)?;
+        log::sync_dir(&state_dir)?;
         let old_state = self.manifest.state;
         let m = Manifest {
             format: STORE_FORMAT,

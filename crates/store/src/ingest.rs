@@ -273,6 +273,8 @@ pub struct Assembler {
 
 struct CachedLeaf {
     len: u8,
+    /// Already sent to the store during this file.
+    sent: bool,
     bytes: [u8; hart_core::LEAF_MAX],
     child: Child,
 }
@@ -293,18 +295,22 @@ impl Assembler {
         }
     }
 
-    /// Hash and place a leaf, through a cache for leaves that repeat (tokens).
-    fn identify(&mut self, value: &[u8]) -> Child {
+    /// Hash and place a leaf, through a cache for leaves that repeat (tokens), and say
+    /// whether it still has to be sent to the store.
+    fn identify(&mut self, value: &[u8]) -> (Child, bool) {
         if !self.grouped {
             let (hash, pos) = leaf_identity(self.modality, value);
-            return Child { hash, pos };
+            let child = Child { hash, pos };
+            return (child, self.emitted.insert(hash, ()));
         }
         let mut h = rustc_hash::FxBuildHasher.build_hasher();
         h.write(value);
         let k = h.finish();
-        if let Some(c) = self.leaf_cache.get(&k) {
+        if let Some(c) = self.leaf_cache.get_mut(&k) {
             if &c.bytes[..c.len as usize] == value {
-                return c.child;
+                let send = !c.sent;
+                c.sent = true;
+                return (c.child, send);
             }
         }
         let (hash, pos) = leaf_identity(self.modality, value);
@@ -314,8 +320,10 @@ impl Assembler {
         }
         let mut bytes = [0u8; hart_core::LEAF_MAX];
         bytes[..value.len()].copy_from_slice(value);
-        self.leaf_cache.insert(k, CachedLeaf { len: value.len() as u8, bytes, child });
-        child
+        // A token may have been sent before the cache was last cleared: ask the other cache.
+        let send = self.emitted.insert(hash, ());
+        self.leaf_cache.insert(k, CachedLeaf { len: value.len() as u8, sent: true, bytes, child });
+        (child, send)
     }
 
     fn flush_if_full(&mut self) {
@@ -372,9 +380,9 @@ fn node_sink<'a>(
 
 impl LeafSink for Assembler {
     fn leaf(&mut self, value: &[u8]) {
-        let child = self.identify(value);
+        let (child, send) = self.identify(value);
         self.occurrences += 1;
-        if self.emitted.insert(child.hash, ()) {
+        if send {
             self.batch.push_leaf(self.modality, child.hash, child.pos, value);
         }
         {
