@@ -260,7 +260,11 @@ fn show(cli: &Cli, id: &str, all: bool) -> Result<u8> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "atom      {}", rec.hash)?;
     writeln!(out, "key       {}", rec.key)?;
-    writeln!(out, "modality  {}  ({:?})", rec.modality, rec.kind)?;
+    let kind = match rec.kind {
+        hart_core::AtomKind::Leaf => "leaf",
+        hart_core::AtomKind::Node => "composite",
+    };
+    writeln!(out, "modality  {}  ({kind})", rec.modality)?;
     writeln!(out, "position  x={} y={} z={} m={}", p.x, p.y, p.z, p.m)?;
     writeln!(out, "refs      {}", rec.ref_count)?;
     if let Some(v) = &rec.value {

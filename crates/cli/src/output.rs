@@ -39,6 +39,14 @@ pub fn bar(total: u64, what: &str, hidden: bool) -> ProgressBar {
 
 /// Print an error (what, cause, what to do) and return its exit code.
 pub fn report_error(e: &anyhow::Error, json: bool) -> u8 {
+    // A closed pipe (`hart ls | head`) is how a reader says it has enough: stop quietly.
+    let broken_pipe = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || matches!(c.downcast_ref::<StoreError>(), Some(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    if broken_pipe {
+        return 0;
+    }
     let store = e.chain().find_map(|c| c.downcast_ref::<StoreError>());
     let (code, hint) = match store {
         Some(StoreError::NotFound { .. }) => (exit::NOT_FOUND, None),
