@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# Throwaway PostgreSQL + PostGIS cluster for Hartonomous' tests and benchmarks.
+#
+#   scripts/pg.sh start    install PostgreSQL/PostGIS if missing, create the cluster if
+#                          missing, start it if stopped, wait until ready, print `export` lines
+#   scripts/pg.sh env      print the `export` lines only:  eval "$(scripts/pg.sh env)"
+#   scripts/pg.sh status   exit 0 if the cluster runs, 3 if not
+#   scripts/pg.sh stop     stop the cluster (the data directory is kept)
+#   scripts/pg.sh destroy  stop the cluster and delete its directory
+#
+# The cluster is ours alone: its own directory (HART_PG_DIR, default /tmp/hart-pg), its own
+# port (HART_PG_PORT, default 55432), listening on 127.0.0.1 and on a unix socket inside the
+# data directory. It is never a system service and never touches Debian's default cluster.
+#
+# Environment:
+#   HART_PG_DIR       cluster directory                 (/tmp/hart-pg)
+#   HART_PG_PORT      TCP port on 127.0.0.1             (55432)
+#   HART_PG_VERSION   PostgreSQL major version          (15)
+#   HART_PG_PASSWORD  password of the superuser `hart`  (hart)
+#   HART_PG_DURABLE   1 = keep fsync on (for benchmarks); default off: a throwaway test
+#                     cluster does not need crash safety, and fsync dominates test time.
+#
+# Logs of this script go to stderr; stdout carries only the `export` lines.
+set -euo pipefail
+
+PG_VERSION="${HART_PG_VERSION:-15}"
+PG_BIN="/usr/lib/postgresql/${PG_VERSION}/bin"
+PG_SHARE="/usr/share/postgresql/${PG_VERSION}"
+DIR="${HART_PG_DIR:-/tmp/hart-pg}"
+DATA="$DIR/data"
+SOCK="$DATA/run"
+LOG="$DIR/postgres.log"
+PORT="${HART_PG_PORT:-55432}"
+PASSWORD="${HART_PG_PASSWORD:-hart}"
+DURABLE="${HART_PG_DURABLE:-0}"
+
+say() { printf 'pg.sh: %s\n' "$*" >&2; }
+die() {
+    printf 'pg.sh: error: %s\n' "$1" >&2
+    shift
+    for line in "$@"; do printf '  %s\n' "$line" >&2; done
+    exit 1
+}
+
+# PostgreSQL refuses to run as root: as root we act as the `postgres` OS user.
+if [ "$(id -u)" -eq 0 ]; then
+    RUN_USER=postgres
+else
+    RUN_USER="$(id -un)"
+fi
+
+as_pg() {
+    if [ "$(id -u)" -eq 0 ]; then
+        if command -v runuser >/dev/null 2>&1; then
+            runuser -u postgres -- "$@"
+        else
+            su -s /bin/sh postgres -c "$(printf '%q ' "$@")"
+        fi
+    else
+        "$@"
+    fi
+}
+
+installed() {
+    [ -x "$PG_BIN/postgres" ] && [ -x "$PG_BIN/initdb" ] \
+        && [ -f "$PG_SHARE/extension/postgis.control" ]
+}
+
+install_packages() {
+    local pkgs=("postgresql-${PG_VERSION}" "postgresql-${PG_VERSION}-postgis-3")
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo=(sudo -n)
+        else
+            die "PostgreSQL ${PG_VERSION} with PostGIS 3 is not installed and this user cannot install packages." \
+                "missing: $PG_BIN/postgres or $PG_SHARE/extension/postgis.control" \
+                "fix: as root, run: apt-get update && apt-get install -y ${pkgs[*]}" \
+                "then run this script again."
+        fi
+    fi
+    command -v apt-get >/dev/null 2>&1 \
+        || die "PostgreSQL ${PG_VERSION} + PostGIS 3 are missing and apt-get is not available." \
+            "fix: install ${pkgs[*]} (or the equivalent for your system) so that $PG_BIN exists."
+    say "installing ${pkgs[*]} with apt-get (once per machine)"
+    # Debian's postgresql-common creates and starts a default cluster on install; we do not
+    # want one, so when postgresql-common is not configured yet, tell it not to.
+    if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+        "${sudo[@]}" mkdir -p /etc/postgresql-common
+        echo "create_main_cluster = false" | "${sudo[@]}" tee /etc/postgresql-common/createcluster.conf >/dev/null
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -qq >&2 \
+        || die "apt-get update failed (see above)." "fix: check network access and /etc/apt/sources.list, then retry."
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${pkgs[@]}" >&2 \
+        || die "apt-get install ${pkgs[*]} failed (see above)." \
+            "if the packages do not exist on this release, set HART_PG_VERSION to the major version it ships" \
+            "(apt-cache search postgis) or add the apt.postgresql.org repository."
+    installed || die "after installing, $PG_BIN/postgres or $PG_SHARE/extension/postgis.control is still missing." \
+        "fix: check the output of apt-get above; the PostGIS package must match PostgreSQL ${PG_VERSION}."
+}
+
+running() {
+    [ -f "$DATA/PG_VERSION" ] && as_pg "$PG_BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1
+}
+
+url() {
+    printf 'postgres://hart:%s@127.0.0.1:%s/postgres' "$PASSWORD" "$PORT"
+}
+
+print_env() {
+    printf 'export HART_TEST_DATABASE_URL=%q\n' "$(url)"
+    printf 'export HART_PG_DIR=%q\n' "$DIR"
+    printf 'export HART_PG_PORT=%q\n' "$PORT"
+}
+
+init_cluster() {
+    [ -f "$DATA/PG_VERSION" ] && return 0
+    say "creating a throwaway cluster in $DATA (port $PORT)"
+    mkdir -p "$DIR" || die "cannot create $DIR." "fix: set HART_PG_DIR to a writable directory."
+    if [ "$(id -u)" -eq 0 ]; then
+        chown postgres: "$DIR"
+        # The postgres user must be able to reach $DIR (e.g. not under /root).
+        as_pg test -w "$DIR" || die "the postgres OS user cannot write to $DIR." \
+            "fix: set HART_PG_DIR to a directory postgres can reach, e.g. /tmp/hart-pg."
+    fi
+    chmod 700 "$DIR"
+    if ! as_pg "$PG_BIN/initdb" -D "$DATA" --username=postgres --auth-local=trust \
+        --auth-host=scram-sha-256 --encoding=UTF8 --locale=C --no-sync >"$DIR/initdb.log" 2>&1; then
+        cat "$DIR/initdb.log" >&2
+        die "initdb failed for $DATA (log above, also in $DIR/initdb.log)." \
+            "fix: remove $DIR (scripts/pg.sh destroy) and retry; check free space and permissions."
+    fi
+    as_pg mkdir -p "$SOCK"
+    local fsync=off
+    [ "$DURABLE" = 1 ] && fsync=on
+    # Only loopback: trust on the socket, passwords over TCP (initdb wrote pg_hba.conf so).
+    as_pg tee -a "$DATA/postgresql.conf" >/dev/null <<EOF
+
+# --- Hartonomous throwaway cluster (scripts/pg.sh) ---
+listen_addresses = '127.0.0.1'
+port = $PORT
+unix_socket_directories = '$SOCK'
+shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.track = all
+max_connections = 200
+# 256 partitions x several indexes: one migration or unpruned query locks thousands of objects.
+max_locks_per_transaction = 1024
+shared_buffers = 256MB
+fsync = $fsync
+synchronous_commit = $fsync
+full_page_writes = $fsync
+logging_collector = off
+log_min_messages = warning
+log_min_error_statement = panic
+EOF
+}
+
+check_port_free() {
+    running && return 0
+    if command -v ss >/dev/null 2>&1 && ss -Hltn "sport = :$PORT" 2>/dev/null | grep -q .; then
+        die "port $PORT on this machine is already in use by another server." \
+            "fix: stop it, or choose another port: HART_PG_PORT=55433 scripts/pg.sh start"
+    fi
+}
+
+start_cluster() {
+    if running; then
+        say "cluster already running in $DATA (port $PORT)"
+    else
+        say "starting the cluster in $DATA (port $PORT)"
+        if ! as_pg "$PG_BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 120 start >/dev/null 2>&1; then
+            tail -n 30 "$LOG" >&2 || true
+            die "PostgreSQL did not start (last lines of $LOG above)." \
+                "fix: read $LOG; if the directory is damaged, scripts/pg.sh destroy and start again."
+        fi
+    fi
+    local i
+    for i in $(seq 1 60); do
+        if "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" -d postgres; then
+            break
+        fi
+        [ "$i" -eq 60 ] && die "PostgreSQL is running but not accepting connections on 127.0.0.1:$PORT after 60 s." \
+            "fix: read $LOG."
+        sleep 1
+    done
+    # The superuser the tests connect as. Re-set the password every start so that a changed
+    # HART_PG_PASSWORD takes effect on an existing cluster.
+    local sql
+    sql="DO \$\$BEGIN
+           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'hart') THEN
+             CREATE ROLE hart LOGIN SUPERUSER;
+           END IF;
+         END\$\$;
+         ALTER ROLE hart PASSWORD '${PASSWORD//\'/\'\'}';"
+    as_pg "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCK" -p "$PORT" -U postgres -d postgres \
+        -c "$sql" >/dev/null \
+        || die "could not create the role hart in the cluster at $DATA." "fix: read $LOG."
+}
+
+stop_cluster() {
+    if running; then
+        say "stopping the cluster in $DATA"
+        as_pg "$PG_BIN/pg_ctl" -D "$DATA" -m fast -w -t 60 stop >/dev/null \
+            || die "pg_ctl stop failed for $DATA." "fix: read $LOG."
+    else
+        say "no cluster running in $DATA"
+    fi
+}
+
+cmd="${1:-}"
+case "$cmd" in
+    start)
+        installed || install_packages
+        check_port_free
+        init_cluster
+        start_cluster
+        print_env
+        ;;
+    env)
+        print_env
+        ;;
+    status)
+        if running; then
+            say "running: $DATA, 127.0.0.1:$PORT"
+            exit 0
+        fi
+        say "not running ($DATA)"
+        exit 3
+        ;;
+    stop)
+        stop_cluster
+        ;;
+    destroy)
+        stop_cluster
+        say "removing $DIR"
+        rm -rf "$DIR"
+        ;;
+    *)
+        sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
+        exit 2
+        ;;
+esac
