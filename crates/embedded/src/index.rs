@@ -317,7 +317,8 @@ impl<const K: usize> Run<K> {
         let mut lo = [0u8; K];
         lo[..prefix.len()].copy_from_slice(prefix);
         let mut block = self.fences.partition_point(|f| f < &lo).saturating_sub(1);
-        let mut buf = vec![0u8; BLOCK * Self::ENTRY];
+        let mut buf = [0u8; BLOCK * 32];
+        debug_assert!(Self::ENTRY <= 32);
         while block * BLOCK < self.count {
             let first = block * BLOCK;
             let n = BLOCK.min(self.count - first);

@@ -42,6 +42,8 @@ pub const STORE_FORMAT: u32 = 1;
 const MEM_LIMIT: usize = 384 * 1024;
 /// Log bytes after which a checkpoint is taken, bounding replay on open.
 const CHECKPOINT_BYTES: u64 = 512 << 20;
+/// Entries per generation of the writer's cache of recently used atoms.
+const HOT_CACHE: usize = 1 << 18;
 /// Log bytes after which the log is fsynced during long ingests.
 const SYNC_BYTES: u64 = 64 << 20;
 
@@ -94,6 +96,9 @@ struct Inner {
     manifest: Manifest,
     poisoned: Option<String>,
     checkpointed_at: u64,
+    /// Recently put or found atoms, across sessions: a file's vocabulary is mostly the
+    /// previous file's, and this spares a trip to the index runs for each of its atoms.
+    hot: hart_store::BoundedMap<Hash, u64>,
 }
 
 enum Probe {
@@ -424,6 +429,20 @@ impl Inner {
         Ok(None)
     }
 
+    /// Offset of a live atom by hash, through the writer's cache.
+    fn resolve(&mut self, hash: &Hash) -> Result<Option<u64>, StoreError> {
+        if let Some(o) = self.hot.get_promote(hash) {
+            if !self.d.state.is_dead(o) {
+                return Ok(Some(o));
+            }
+        }
+        let found = self.find_hash(hash)?;
+        if let Some(o) = found {
+            self.hot.insert(*hash, o);
+        }
+        Ok(found)
+    }
+
     fn record(&self, off: u64) -> Result<AtomRecord, StoreError> {
         let (modality, hash, position, kind) = self.identity(off)?;
         let (value, children) = match self.rec(off)?.0 {
@@ -646,6 +665,7 @@ impl EmbeddedStore {
             checkpointed_at: manifest.log.global(),
             manifest,
             poisoned: None,
+            hot: hart_store::BoundedMap::new(HOT_CACHE),
         };
         // Replay everything after the checkpoint.
         let from = inner.manifest.log;
@@ -782,24 +802,10 @@ struct EmbeddedSession<'a> {
     uri: String,
     /// Atoms below this offset existed before the session.
     start: u64,
-    map: hart_store::BoundedMap<Hash, u64>,
     created: u64,
     referenced: u64,
     kids: Vec<u64>,
     done: bool,
-}
-
-impl EmbeddedSession<'_> {
-    fn resolve(&mut self, inner: &Inner, hash: &Hash) -> Result<Option<u64>, StoreError> {
-        if let Some(o) = self.map.get_promote(hash) {
-            return Ok(Some(o));
-        }
-        let found = inner.find_hash(hash)?;
-        if let Some(o) = found {
-            self.map.insert(*hash, o);
-        }
-        Ok(found)
-    }
 }
 
 impl Session for EmbeddedSession<'_> {
@@ -808,13 +814,13 @@ impl Session for EmbeddedSession<'_> {
         let inner = &mut *guard;
         inner.check()?;
         for op in &batch.ops {
-            if self.map.get_promote(&op.hash).is_some() {
+            if inner.hot.get_promote(&op.hash).is_some_and(|o| !inner.d.state.is_dead(o)) {
                 continue;
             }
             let key = HilbertKey::new(op.modality, &op.pos);
             match inner.probe(&op.hash, &key)? {
                 Probe::Found(o) => {
-                    self.map.insert(op.hash, o);
+                    inner.hot.insert(op.hash, o);
                     continue;
                 }
                 Probe::Collision(o) => {
@@ -846,7 +852,7 @@ impl Session for EmbeddedSession<'_> {
                 AtomKind::Node => {
                     self.kids.clear();
                     for c in batch.children(op) {
-                        match self.resolve(inner, c)? {
+                        match inner.resolve(c)? {
                             Some(o) => self.kids.push(o),
                             None => {
                                 return Err(StoreError::Invalid(format!(
@@ -869,7 +875,7 @@ impl Session for EmbeddedSession<'_> {
                 }
             };
             self.created += 1;
-            self.map.insert(op.hash, off);
+            inner.hot.insert(op.hash, off);
         }
         inner.maybe_checkpoint()
     }
@@ -879,7 +885,7 @@ impl Session for EmbeddedSession<'_> {
         let inner = &mut *guard;
         inner.check()?;
         let root_off =
-            self.resolve(inner, root)?.ok_or_else(|| StoreError::Invalid(format!("root {root} was never stored")))?;
+            inner.resolve(root)?.ok_or_else(|| StoreError::Invalid(format!("root {root} was never stored")))?;
         let unchanged = inner
             .d
             .state
@@ -969,7 +975,6 @@ impl Store for EmbeddedStore {
             id,
             uri: source.uri,
             start,
-            map: hart_store::BoundedMap::new(1 << 17),
             created: 0,
             referenced: 0,
             kids: Vec::with_capacity(hart_core::MAX_FANOUT),

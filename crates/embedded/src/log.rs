@@ -241,7 +241,9 @@ impl Log {
         seg.len += out.len() as u64;
         self.unsynced += out.len() as u64;
         self.frame.truncate(FRAME_HEADER);
-        seg.map = map_file(file, &seg.path)?;
+        if seg.map.is_none() {
+            seg.map = map_file(file, &seg.path)?;
+        }
         Ok(())
     }
 
@@ -316,14 +318,15 @@ impl Log {
     }
 }
 
+/// Map a segment once at its largest possible length, so that appending never remaps it.
+/// Only bytes below the segment's valid length are ever read (beyond the file's end a read
+/// would fault), which the log guarantees.
 fn map_file(f: &File, path: &Path) -> Result<Option<Mmap>, StoreError> {
-    let len = f.metadata().map_err(|e| StoreError::io("read", path, e))?.len();
-    if len == 0 {
-        return Ok(None);
-    }
+    let len = f.metadata().map_err(|e| StoreError::io("read", path, e))?.len().max(SEGMENT_LIMIT);
     // SAFETY: segments are append-only; bytes below a segment's valid length never change
     // while any process maps them (a writer only truncates torn bytes past the valid end).
-    let map = unsafe { Mmap::map(f) }.map_err(|e| StoreError::io("map", path, e))?;
+    let map =
+        unsafe { memmap2::MmapOptions::new().len(len as usize).map(f) }.map_err(|e| StoreError::io("map", path, e))?;
     Ok(Some(map))
 }
 
