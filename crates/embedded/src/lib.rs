@@ -116,6 +116,12 @@ struct BeginInfo {
 }
 
 #[derive(Serialize, Deserialize)]
+struct FailInfo {
+    error: String,
+    completed_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
 struct CommitInfo {
     status: Status,
     root: Hash,
@@ -263,11 +269,12 @@ impl Derived {
         Ok(())
     }
 
-    fn obj_fail(&mut self, id: u64, msg: &[u8]) -> Result<(), String> {
+    fn obj_fail(&mut self, id: u64, json: &[u8]) -> Result<(), String> {
+        let f: FailInfo = serde_json::from_slice(json).map_err(|e| e.to_string())?;
         let e = self.state.objects.get_mut(&id).ok_or_else(|| format!("failure of unknown object {id}"))?;
         e.info.status = Status::Failed;
-        e.info.error = Some(String::from_utf8_lossy(msg).into_owned());
-        e.info.completed_at = Some(hart_store::now_ms());
+        e.info.error = Some(f.error);
+        e.info.completed_at = Some(f.completed_at);
         Ok(())
     }
 
@@ -725,12 +732,17 @@ impl Inner {
         let running: Vec<u64> =
             self.d.state.objects.values().filter(|o| o.info.status == Status::Running).map(|o| o.info.id).collect();
         for id in running {
-            let msg = b"interrupted: the process stopped before the object was committed";
-            let off = self.append(|buf, _| record::encode_obj(buf, record::OBJ_FAIL, id, None, msg))?;
-            let _ = off;
-            self.d.obj_fail(id, msg).map_err(|e| corrupt(&self.dir, 0, e))?;
+            self.fail_object(id, "interrupted: the process stopped before the object was committed")?;
         }
         self.write_frame(true)
+    }
+
+    /// Log and apply an object's failure (the time is in the record, so replay keeps it).
+    fn fail_object(&mut self, id: u64, error: &str) -> Result<(), StoreError> {
+        let info = FailInfo { error: error.to_string(), completed_at: hart_store::now_ms() };
+        let json = serde_json::to_vec(&info).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.append(|buf, _| record::encode_obj(buf, record::OBJ_FAIL, id, None, &json))?;
+        self.d.obj_fail(id, &json).map_err(|e| corrupt(&self.dir, 0, e))
     }
 
     /// Files a crash left behind: runs and states the manifest does not list, temporaries.
@@ -816,6 +828,14 @@ impl Session for EmbeddedSession<'_> {
         for op in &batch.ops {
             if inner.hot.get_promote(&op.hash).is_some_and(|o| !inner.d.state.is_dead(o)) {
                 continue;
+            }
+            // Positions carry their hash's first eight bytes in their low bits; that is what
+            // lets the hash index detect key collisions (decision 0003), so check it.
+            if Position::from_features(op.pos.features(), &op.hash) != op.pos || !op.pos.is_valid() {
+                return Err(StoreError::Invalid(format!(
+                    "atom {} has position {:?}, which does not carry its hash bits",
+                    op.hash, op.pos
+                )));
             }
             let key = HilbertKey::new(op.modality, &op.pos);
             match inner.probe(&op.hash, &key)? {
@@ -917,9 +937,7 @@ impl Session for EmbeddedSession<'_> {
         self.done = true;
         let mut inner = self.store.inner.write().expect("lock");
         inner.check()?;
-        let id = self.id;
-        inner.append(|buf, _| record::encode_obj(buf, record::OBJ_FAIL, id, None, error.as_bytes()))?;
-        inner.d.obj_fail(id, error.as_bytes()).map_err(|e| corrupt(&inner.dir, 0, e))?;
+        inner.fail_object(self.id, error)?;
         inner.write_frame(false)
     }
 }
@@ -928,13 +946,8 @@ impl Drop for EmbeddedSession<'_> {
     fn drop(&mut self) {
         if !self.done {
             if let Ok(mut inner) = self.store.inner.write() {
-                if inner.check().is_ok() {
-                    let id = self.id;
-                    let msg = b"abandoned before commit";
-                    if inner.append(|buf, _| record::encode_obj(buf, record::OBJ_FAIL, id, None, msg)).is_ok() {
-                        let _ = inner.d.obj_fail(id, msg);
-                        let _ = inner.write_frame(false);
-                    }
+                if inner.check().is_ok() && inner.fail_object(self.id, "abandoned before commit").is_ok() {
+                    let _ = inner.write_frame(false);
                 }
             }
         }

@@ -22,7 +22,7 @@ pub enum Rec<'a> {
     ObjBegin { id: u64, json: &'a [u8] },
     /// `OBJ_COMMIT ‖ id varint ‖ root offset varint ‖ len varint ‖ JSON(CommitInfo)`
     ObjCommit { id: u64, root: u64, json: &'a [u8] },
-    /// `OBJ_FAIL ‖ id varint ‖ len varint ‖ UTF-8 error`
+    /// `OBJ_FAIL ‖ id varint ‖ len varint ‖ JSON {error, completed_at}`
     ObjFail { id: u64, json: &'a [u8] },
     /// `OBJ_DELETE ‖ id varint`
     ObjDelete { id: u64 },

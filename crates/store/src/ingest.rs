@@ -209,6 +209,11 @@ fn store_file(store: &dyn Store, rx: &Receiver<Msg>) -> Result<ObjectInfo, FileE
     }
 }
 
+/// Files at least this large get their node stage on a thread of its own.
+const PIPELINE_MIN: u64 = 8 << 20;
+/// Leaf occurrences per chunk handed from the leaf stage to the node stage.
+const CHUNK_KIDS: usize = 16_384;
+
 fn decode_file(path: &Path, forced: Option<Modality>, progress: &Progress, tx: &Sender<Msg>) {
     let fail = |what: &str, e: std::io::Error| {
         let _ = tx.send(Msg::Error(format!("{what} {}: {e}", path.display())));
@@ -229,45 +234,67 @@ fn decode_file(path: &Path, forced: Option<Modality>, progress: &Progress, tx: &
     if tx.send(Msg::Begin(SourceInfo { uri, modality, size })).is_err() {
         return;
     }
-    let mut asm = Assembler::new(modality, tx.clone());
-    let mut decoder = hart_decode::decoder_for(modality);
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; READ_BLOCK];
-    let mut total = 0u64;
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return fail("cannot read", e),
-        };
-        hasher.update(&buf[..n]);
-        decoder.feed(&buf[..n], &mut asm);
-        total += n as u64;
-        progress.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
-        if asm.closed {
-            return;
+    let threaded = size.unwrap_or(0) >= PIPELINE_MIN;
+    std::thread::scope(|s| {
+        let mut leaves = LeafStage::new(modality, NodeStage::new(modality, tx.clone()), threaded.then_some(s));
+        let mut decoder = hart_decode::decoder_for(modality);
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; READ_BLOCK];
+        let mut total = 0u64;
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    leaves.abandon();
+                    return fail("cannot read", e);
+                }
+            };
+            hasher.update(&buf[..n]);
+            decoder.feed(&buf[..n], &mut leaves);
+            total += n as u64;
+            progress.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
+            if leaves.closed {
+                leaves.abandon();
+                return;
+            }
         }
-    }
-    decoder.finish(&mut asm);
-    let root = asm.finish();
-    let summary =
-        ObjectSummary { source_hash: Hash(*hasher.finalize().as_bytes()), size: total, occurrences: asm.occurrences };
-    let _ = tx.send(Msg::End { root, summary });
+        decoder.finish(&mut leaves);
+        let Some((root, occurrences)) = leaves.finish() else { return };
+        let summary = ObjectSummary { source_hash: Hash(*hasher.finalize().as_bytes()), size: total, occurrences };
+        let _ = tx.send(Msg::End { root, summary });
+    });
 }
 
-/// Turns leaves and group ends into atoms: hashes, positions, composites. Sends each atom to
-/// the store once per file (repeats are only counted), in batches.
-pub struct Assembler {
+/// Leaves and group ends handed from the leaf stage to the node stage.
+#[derive(Default)]
+struct Chunk {
+    /// Ops of leaves not sent before; the node stage appends its composites after them.
+    batch: Batch,
+    /// Every leaf occurrence, in order.
+    kids: Vec<Child>,
+    /// Group ends: a group closes after `kids[..end]`.
+    ends: Vec<u32>,
+}
+
+/// Where the leaf stage hands its chunks.
+enum Downstream<'scope> {
+    Inline(NodeStage),
+    Thread(Sender<Chunk>, std::thread::ScopedJoinHandle<'scope, Option<(Hash, u64)>>),
+    Done,
+}
+
+/// First stage: hashes and places leaves (through a cache for leaves that repeat, such as
+/// tokens), records group ends, and sends each new leaf once per file.
+pub struct LeafStage<'scope> {
     modality: Modality,
     grouped: bool,
-    group: GroupBuilder,
-    tree: TreeBuilder,
-    batch: Batch,
+    chunk: Chunk,
     emitted: BoundedMap<Hash, ()>,
     leaf_cache: FxHashMap<u64, CachedLeaf>,
     occurrences: u64,
-    tx: Sender<Msg>,
+    down: Downstream<'scope>,
     closed: bool,
 }
 
@@ -279,24 +306,42 @@ struct CachedLeaf {
     child: Child,
 }
 
-impl Assembler {
-    fn new(modality: Modality, tx: Sender<Msg>) -> Self {
-        Assembler {
+impl<'scope> LeafStage<'scope> {
+    /// With a scope, the node stage runs on a thread of its own.
+    fn new<'env>(
+        modality: Modality,
+        nodes: NodeStage,
+        scope: Option<&'scope std::thread::Scope<'scope, 'env>>,
+    ) -> Self {
+        let down = match scope {
+            None => Downstream::Inline(nodes),
+            Some(s) => {
+                let (tx, rx) = bounded::<Chunk>(2);
+                let handle = s.spawn(move || {
+                    let mut nodes = nodes;
+                    for chunk in rx {
+                        if !nodes.consume(chunk) {
+                            return None;
+                        }
+                    }
+                    nodes.finish()
+                });
+                Downstream::Thread(tx, handle)
+            }
+        };
+        LeafStage {
             modality,
             grouped: modality != Modality::Binary,
-            group: GroupBuilder::new(modality),
-            tree: TreeBuilder::new(modality),
-            batch: Batch::default(),
+            chunk: Chunk::default(),
             emitted: BoundedMap::new(EMITTED_CAP),
             leaf_cache: FxHashMap::default(),
             occurrences: 0,
-            tx,
+            down,
             closed: false,
         }
     }
 
-    /// Hash and place a leaf, through a cache for leaves that repeat (tokens), and say
-    /// whether it still has to be sent to the store.
+    /// Hash and place a leaf, and say whether it still has to be sent to the store.
     fn identify(&mut self, value: &[u8]) -> (Child, bool) {
         if !self.grouped {
             let (hash, pos) = leaf_identity(self.modality, value);
@@ -326,42 +371,140 @@ impl Assembler {
         (child, send)
     }
 
-    fn flush_if_full(&mut self) {
-        if self.batch.len() >= BATCH_OPS {
-            self.send_batch();
-        }
-    }
-
-    fn send_batch(&mut self) {
-        if self.batch.is_empty() || self.closed {
+    fn hand_off(&mut self) {
+        if self.chunk.kids.is_empty() && self.chunk.batch.is_empty() {
             return;
         }
-        let b = std::mem::take(&mut self.batch);
-        if self.tx.send(Msg::Batch(b)).is_err() {
-            self.closed = true;
+        let chunk = std::mem::take(&mut self.chunk);
+        let ok = match &mut self.down {
+            Downstream::Inline(nodes) => nodes.consume(chunk),
+            Downstream::Thread(tx, _) => tx.send(chunk).is_ok(),
+            Downstream::Done => false,
+        };
+        self.closed |= !ok;
+    }
+
+    /// End of input: the root and the count of atom occurrences, or None if the store side
+    /// went away.
+    fn finish(&mut self) -> Option<(Hash, u64)> {
+        self.hand_off();
+        let (root, nodes) = match std::mem::replace(&mut self.down, Downstream::Done) {
+            Downstream::Inline(nodes) => nodes.finish()?,
+            Downstream::Thread(tx, handle) => {
+                drop(tx);
+                handle.join().ok()??
+            }
+            Downstream::Done => return None,
+        };
+        Some((root, self.occurrences + nodes))
+    }
+
+    /// Stop without a root (input error): let the node stage's thread end.
+    fn abandon(&mut self) {
+        self.down = Downstream::Done;
+    }
+}
+
+impl LeafSink for LeafStage<'_> {
+    fn leaf(&mut self, value: &[u8]) {
+        let (child, send) = self.identify(value);
+        self.occurrences += 1;
+        if send {
+            self.chunk.batch.push_leaf(self.modality, child.hash, child.pos, value);
+        }
+        self.chunk.kids.push(child);
+        if self.chunk.kids.len() >= CHUNK_KIDS || self.chunk.batch.len() >= BATCH_OPS {
+            self.hand_off();
         }
     }
 
-    fn finish(&mut self) -> Hash {
+    fn end_group(&mut self) {
+        self.chunk.ends.push(self.chunk.kids.len() as u32);
+    }
+}
+
+/// Second stage: groups (lines) and content-defined trees above them; hashes composites and
+/// sends each batch — the chunk's new leaves first, then the composites built on them.
+pub struct NodeStage {
+    modality: Modality,
+    grouped: bool,
+    group: GroupBuilder,
+    tree: TreeBuilder,
+    emitted: BoundedMap<Hash, ()>,
+    occurrences: u64,
+    tx: Sender<Msg>,
+}
+
+impl NodeStage {
+    fn new(modality: Modality, tx: Sender<Msg>) -> Self {
+        NodeStage {
+            modality,
+            grouped: modality != Modality::Binary,
+            group: GroupBuilder::new(modality),
+            tree: TreeBuilder::new(modality),
+            emitted: BoundedMap::new(EMITTED_CAP),
+            occurrences: 0,
+            tx,
+        }
+    }
+
+    /// Build what `chunk` completes and send it; false if the store side went away.
+    fn consume(&mut self, chunk: Chunk) -> bool {
+        let Chunk { mut batch, kids, ends } = chunk;
+        {
+            let NodeStage { emitted, occurrences, tree, group, grouped, .. } = self;
+            let mut sink = node_sink(&mut batch, emitted, occurrences);
+            let mut ends = ends.iter().peekable();
+            // A group may close before its first leaf of this chunk (it ended exactly at the
+            // previous chunk's last leaf).
+            while ends.next_if_eq(&&0).is_some() {
+                if let Some(c) = group.finish(&mut sink) {
+                    tree.push(c, &mut sink);
+                }
+            }
+            for (i, kid) in kids.iter().enumerate() {
+                if *grouped {
+                    group.push(*kid, &mut sink);
+                    while ends.next_if_eq(&&(i as u32 + 1)).is_some() {
+                        if let Some(c) = group.finish(&mut sink) {
+                            tree.push(c, &mut sink);
+                        }
+                    }
+                } else {
+                    tree.push(*kid, &mut sink);
+                }
+            }
+        }
+        batch.is_empty() || self.tx.send(Msg::Batch(batch)).is_ok()
+    }
+
+    /// Close the tree: the root (the empty leaf for an empty object) and the composites'
+    /// occurrences.
+    fn finish(mut self) -> Option<(Hash, u64)> {
+        let mut batch = Batch::default();
         let root = {
-            let Assembler { batch, emitted, occurrences, tree, .. } = self;
-            let mut sink = node_sink(batch, emitted, occurrences);
-            std::mem::replace(tree, TreeBuilder::new(self.modality)).finish(&mut sink)
+            let modality = self.modality;
+            let NodeStage { emitted, occurrences, tree, group, .. } = &mut self;
+            let mut sink = node_sink(&mut batch, emitted, occurrences);
+            if let Some(c) = group.finish(&mut sink) {
+                tree.push(c, &mut sink);
+            }
+            std::mem::replace(tree, TreeBuilder::new(modality)).finish(&mut sink)
         };
         let root = match root {
             Some(c) => c.hash,
             None => {
                 // An empty object's root is the empty leaf.
                 let (hash, pos) = leaf_identity(self.modality, b"");
-                if self.emitted.insert(hash, ()) {
-                    self.batch.push_leaf(self.modality, hash, pos, b"");
-                }
+                batch.push_leaf(self.modality, hash, pos, b"");
                 self.occurrences += 1;
                 hash
             }
         };
-        self.send_batch();
-        root
+        if !batch.is_empty() && self.tx.send(Msg::Batch(batch)).is_err() {
+            return None;
+        }
+        Some((root, self.occurrences))
     }
 }
 
@@ -378,53 +521,19 @@ fn node_sink<'a>(
     }
 }
 
-impl LeafSink for Assembler {
-    fn leaf(&mut self, value: &[u8]) {
-        let (child, send) = self.identify(value);
-        self.occurrences += 1;
-        if send {
-            self.batch.push_leaf(self.modality, child.hash, child.pos, value);
-        }
-        {
-            let Assembler { batch, emitted, occurrences, tree, group, grouped, .. } = self;
-            let mut sink = node_sink(batch, emitted, occurrences);
-            if *grouped {
-                group.push(child, &mut sink);
-            } else {
-                tree.push(child, &mut sink);
-            }
-        }
-        self.flush_if_full();
-    }
-
-    fn end_group(&mut self) {
-        {
-            let Assembler { batch, emitted, occurrences, tree, group, .. } = self;
-            let mut sink = node_sink(batch, emitted, occurrences);
-            if let Some(c) = group.finish(&mut sink) {
-                tree.push(c, &mut sink);
-            }
-        }
-        self.flush_if_full();
-    }
-}
-
 /// Ingest in-memory bytes as one object (tests and tools).
 pub fn ingest_bytes(store: &dyn Store, uri: &str, modality: Modality, data: &[u8]) -> Result<ObjectInfo, StoreError> {
     let (tx, rx) = crossbeam_channel::unbounded();
     let _ = tx.send(Msg::Begin(SourceInfo { uri: uri.to_string(), modality, size: Some(data.len() as u64) }));
-    let mut asm = Assembler::new(modality, tx.clone());
+    let mut leaves = LeafStage::new(modality, NodeStage::new(modality, tx.clone()), None);
     let mut decoder = hart_decode::decoder_for(modality);
-    decoder.feed(data, &mut asm);
-    decoder.finish(&mut asm);
-    let root = asm.finish();
-    let summary = ObjectSummary {
-        source_hash: Hash(*blake3::hash(data).as_bytes()),
-        size: data.len() as u64,
-        occurrences: asm.occurrences,
-    };
+    decoder.feed(data, &mut leaves);
+    decoder.finish(&mut leaves);
+    let (root, occurrences) = leaves.finish().expect("the receiver is alive");
+    let summary =
+        ObjectSummary { source_hash: Hash(*blake3::hash(data).as_bytes()), size: data.len() as u64, occurrences };
     let _ = tx.send(Msg::End { root, summary });
-    drop(asm);
+    drop(leaves);
     drop(tx);
     match store_file(store, &rx) {
         Ok(info) => Ok(info),
