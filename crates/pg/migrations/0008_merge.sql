@@ -1,0 +1,254 @@
+-- 0008: writing atoms and objects with deduplication across roles (docs/SECURITY.md).
+--
+-- Bulk loading: hart_stage() creates the session's temporary staging table; the backend fills
+-- it (binary COPY) and calls hart_merge_stage() in the same transaction, which in one pass
+--   * inserts the atoms nobody has (held by the caller),
+--   * for atoms that exist, checks that the staged copy is identical (content hash, value,
+--     modality and geometry byte for byte) and then makes the caller a holder: proof of
+--     possession, since the caller had the bytes (leaf) or every child's position (composite);
+--     different content at the same key is a collision, reported and never merged,
+--   * adds one reference to each distinct child of each composite it inserted, after checking
+--     that every child exists and is readable by the caller.
+-- Objects: hart_register_object() (the root must be readable by the caller; adds the object's
+-- reference on its root) and hart_delete_object() (releases it).
+--
+-- These run as hart_owner (SECURITY DEFINER, BYPASSRLS): holders and ref_count are not
+-- writable any other way. The caller is the session's role (SET ROLE) or its login role,
+-- never a function argument, so it cannot be forged.
+SET LOCAL ROLE hart_owner;
+
+-- The role a SECURITY DEFINER function acts for: the role set with SET ROLE, else the login
+-- role. (current_user inside such a function is its owner.) SET ROLE can only name roles the
+-- session is a member of, so this cannot be forged.
+CREATE FUNCTION hart_invoker() RETURNS name LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce(nullif(current_setting('role'), 'none'), session_user)::name
+$$;
+
+-- Raised for two different atoms on one key (SQLSTATE HT001): DESIGN.md section 3.
+-- Raised for a composite whose child is missing or unreadable (SQLSTATE HT002).
+
+-- The session's staging table, created by hart_owner (so that its shape, rules and triggers
+-- are ours, not the caller's) with INSERT granted to the caller, who fills it with COPY.
+-- Rows live until the end of the transaction.
+CREATE FUNCTION hart_stage() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    who name := hart_invoker();
+BEGIN
+    IF to_regclass('pg_temp.hart_stage') IS NULL THEN
+        CREATE TEMP TABLE hart_stage (
+            h_xy         bigint   NOT NULL,
+            h_yz         bigint   NOT NULL,
+            h_zm         bigint   NOT NULL,
+            geom         geometry NOT NULL,
+            value        bytea,
+            modality     smallint NOT NULL,
+            content_hash bytea    NOT NULL,
+            meta         jsonb,
+            is_public    boolean  NOT NULL DEFAULT false
+        ) ON COMMIT DELETE ROWS;
+    ELSE
+        PERFORM hart_check_stage();
+    END IF;
+    EXECUTE format('GRANT INSERT, SELECT ON pg_temp.hart_stage TO %I', who);
+END
+$$;
+
+-- Refuse a pg_temp.hart_stage that hart_stage() did not create: a table the caller made (or
+-- turned into a view) could feed the merge rows the caller never had.
+CREATE FUNCTION hart_check_stage() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+BEGIN
+    IF to_regclass('pg_temp.hart_stage') IS NULL THEN
+        RAISE EXCEPTION 'no staging table in this session'
+            USING ERRCODE = 'undefined_table', HINT = 'call hart_stage() and fill hart_stage first';
+    END IF;
+    PERFORM FROM pg_class c
+    WHERE c.oid = 'pg_temp.hart_stage'::regclass AND c.relkind = 'r'
+      AND c.relowner = 'hart_owner'::regrole;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pg_temp.hart_stage was not created by hart_stage()'
+            USING ERRCODE = 'insufficient_privilege', HINT = 'DROP TABLE pg_temp.hart_stage, then call hart_stage()';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION hart_merge_stage(OUT created bigint, OUT existing bigint, OUT claimed bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    who    name := hart_invoker();
+    new_xy bigint[]; new_yz bigint[]; new_zm bigint[];
+    n_bad  bigint;
+    n_kids bigint;
+    n_upd  bigint;
+    staged bigint;
+BEGIN
+    IF NOT pg_has_role(who, 'hart_writer', 'USAGE') THEN
+        RAISE EXCEPTION 'role % may not write atoms', who
+            USING ERRCODE = 'insufficient_privilege', HINT = 'GRANT hart_writer TO the role';
+    END IF;
+    PERFORM hart_check_stage();
+
+    -- One staged row per key; two different staged atoms on one key collide.
+    SELECT count(*) INTO n_bad FROM (
+        SELECT 1 FROM pg_temp.hart_stage
+        GROUP BY h_xy, h_yz, h_zm
+        HAVING count(DISTINCT (content_hash, value, modality, ST_AsEWKB(geom))) > 1) d;
+    IF n_bad > 0 THEN
+        RAISE EXCEPTION 'position collision: % key(s) carry two different atoms in one batch', n_bad
+            USING ERRCODE = 'HT001';
+    END IF;
+    SELECT count(DISTINCT (h_xy, h_yz, h_zm)) INTO staged FROM pg_temp.hart_stage;
+
+    -- New atoms, in key order (a stable lock order between concurrent merges).
+    WITH ins AS (
+        INSERT INTO atoms AS a (h_xy, h_yz, h_zm, geom, value, modality, content_hash, meta,
+                                is_public, owners, created_by, updated_by)
+        SELECT DISTINCT ON (h_xy, h_yz, h_zm)
+               h_xy, h_yz, h_zm, geom, value, modality, content_hash, meta,
+               is_public, ARRAY[who], who, who
+        FROM pg_temp.hart_stage
+        ORDER BY h_xy, h_yz, h_zm
+        ON CONFLICT (h_xy, h_yz, h_zm) DO NOTHING
+        RETURNING a.h_xy, a.h_yz, a.h_zm, a.value IS NULL AS composite
+    )
+    SELECT count(*),
+           array_agg(h_xy) FILTER (WHERE composite),
+           array_agg(h_yz) FILTER (WHERE composite),
+           array_agg(h_zm) FILTER (WHERE composite)
+    INTO created, new_xy, new_yz, new_zm
+    FROM ins;
+    existing := staged - created;
+
+    -- Atoms that were already there: identical, or a collision.
+    SELECT count(*) INTO n_bad
+    FROM (SELECT DISTINCT ON (h_xy, h_yz, h_zm) * FROM pg_temp.hart_stage) s
+    JOIN atoms a ON a.h_xy = s.h_xy AND a.h_yz = s.h_yz AND a.h_zm = s.h_zm
+    WHERE NOT (a.content_hash = s.content_hash AND a.modality = s.modality
+               AND a.value IS NOT DISTINCT FROM s.value
+               AND ST_AsEWKB(a.geom) = ST_AsEWKB(s.geom));
+    IF n_bad > 0 THEN
+        -- Nothing about the stored atom is revealed: the caller only learns its key is taken.
+        RAISE EXCEPTION 'position collision: % staged atom(s) differ from the atoms stored on their keys', n_bad
+            USING ERRCODE = 'HT001',
+                  HINT = 'two different contents map to one position; report it with the content hashes';
+    END IF;
+
+    -- Proof of possession: the caller becomes a holder of each private atom it could write
+    -- identically. Public atoms need no holders (publishing cannot be undone, trigger
+    -- atoms_publish_is_final). Publishing is a right of every holder: each could publish the
+    -- bytes anyway.
+    WITH s AS (SELECT DISTINCT ON (h_xy, h_yz, h_zm) h_xy, h_yz, h_zm, is_public
+               FROM pg_temp.hart_stage ORDER BY h_xy, h_yz, h_zm),
+         upd AS (
+        UPDATE atoms a
+        SET owners    = CASE WHEN s.is_public THEN a.owners ELSE a.owners || who END,
+            is_public = s.is_public
+        FROM s
+        WHERE a.h_xy = s.h_xy AND a.h_yz = s.h_yz AND a.h_zm = s.h_zm
+          AND NOT a.is_public AND (s.is_public OR NOT who = ANY (a.owners))
+        RETURNING 1)
+    SELECT count(*) INTO claimed FROM upd;
+
+    IF new_xy IS NULL THEN
+        RETURN;
+    END IF;
+
+    -- One reference from each new composite to each of its distinct children. The children's
+    -- keys come from the stored geometry (not from the caller), and every child must exist and
+    -- be readable by the caller: no references to what it cannot see.
+    WITH parents AS (
+        SELECT a.geom, a.modality, p.ord
+        FROM unnest(new_xy, new_yz, new_zm) WITH ORDINALITY AS p(h_xy, h_yz, h_zm, ord)
+        JOIN atoms a ON a.h_xy = p.h_xy AND a.h_yz = p.h_yz AND a.h_zm = p.h_zm
+    ), kids AS (
+        SELECT DISTINCT p.ord, k.h_xy, k.h_yz, k.h_zm
+        FROM parents p
+        CROSS JOIN LATERAL ST_DumpPoints(ST_GeometryN(p.geom, 2)) AS v
+        CROSS JOIN LATERAL hart_key_of_point(p.modality, v.geom) AS k
+    ), counts AS (
+        SELECT h_xy, h_yz, h_zm, count(*) AS n FROM kids GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ), upd AS (
+        UPDATE atoms a SET ref_count = a.ref_count + c.n
+        FROM counts c
+        WHERE a.h_xy = c.h_xy AND a.h_yz = c.h_yz AND a.h_zm = c.h_zm
+          AND (a.is_public OR who = ANY (a.owners))
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM counts), (SELECT count(*) FROM upd) INTO n_kids, n_upd;
+    IF n_upd <> n_kids THEN
+        RAISE EXCEPTION '% child atom(s) of the new composites are missing or not readable by %',
+            n_kids - n_upd, who
+            USING ERRCODE = 'HT002',
+                  HINT = 'put children before their parents, in this batch or an earlier one';
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION hart_merge_stage() IS
+    'Merge pg_temp.hart_stage into atoms: insert new, claim identical, refuse collisions, count child references.';
+
+-- Register an ingested object over a root the caller can read; the object holds one
+-- reference on its root. Returns the object id.
+CREATE FUNCTION hart_register_object(ingestion_id bigint, object_name text, root_h_xy bigint,
+                                     root_h_yz bigint, root_h_zm bigint, bytes bigint,
+                                     meta jsonb DEFAULT NULL, is_public boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    who  name := hart_invoker();
+    root atoms;
+    id   bigint;
+BEGIN
+    IF NOT pg_has_role(who, 'hart_writer', 'USAGE') THEN
+        RAISE EXCEPTION 'role % may not register objects', who USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    PERFORM FROM ingestion_log l WHERE l.id = hart_register_object.ingestion_id AND l.created_by = who;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no ingestion % of role %', ingestion_id, who USING ERRCODE = 'no_data_found';
+    END IF;
+    SELECT * INTO root FROM atoms a
+    WHERE a.h_xy = root_h_xy AND a.h_yz = root_h_yz AND a.h_zm = root_h_zm
+      AND (a.is_public OR who = ANY (a.owners))
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no atom (%, %, %), or it is not readable by %', root_h_xy, root_h_yz, root_h_zm, who
+            USING ERRCODE = 'HT002';
+    END IF;
+    INSERT INTO objects (ingestion_id, name, root_h_xy, root_h_yz, root_h_zm, root_hash,
+                         modality, bytes, meta, owner, is_public)
+    VALUES (ingestion_id, object_name, root.h_xy, root.h_yz, root.h_zm, root.content_hash,
+            root.modality, bytes, meta, who, is_public)
+    RETURNING objects.id INTO id;
+    UPDATE atoms a SET ref_count = a.ref_count + 1
+    WHERE a.h_xy = root.h_xy AND a.h_yz = root.h_yz AND a.h_zm = root.h_zm;
+    RETURN id;
+END
+$$;
+
+-- Delete one of the caller's objects: mark it deleted and release its root.
+CREATE FUNCTION hart_delete_object(object_id bigint) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    who name := hart_invoker();
+    o   objects;
+BEGIN
+    SELECT * INTO o FROM objects
+    WHERE id = object_id AND deleted_at IS NULL
+      AND (owner = who OR pg_has_role(who, 'hart_admin', 'MEMBER'))
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no live object % of role %', object_id, who USING ERRCODE = 'no_data_found';
+    END IF;
+    UPDATE objects SET deleted_at = now() WHERE id = object_id;
+    UPDATE atoms a SET ref_count = a.ref_count - 1
+    WHERE a.h_xy = o.root_h_xy AND a.h_yz = o.root_h_yz AND a.h_zm = o.root_h_zm;
+END
+$$;
+
+REVOKE ALL ON FUNCTION hart_stage(), hart_check_stage() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hart_stage(), hart_check_stage() TO hart_writer;
+REVOKE ALL ON FUNCTION hart_merge_stage(), hart_register_object(bigint, text, bigint, bigint, bigint, bigint, jsonb, boolean),
+    hart_delete_object(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hart_merge_stage(), hart_register_object(bigint, text, bigint, bigint, bigint, bigint, jsonb, boolean),
+    hart_delete_object(bigint) TO hart_writer;

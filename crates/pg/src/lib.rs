@@ -1,0 +1,19 @@
+//! PostgreSQL/PostGIS backend for Hartonomous: schema migrations, connection settings, pool
+//! upkeep and the retry policy for transient database errors.
+//!
+//! **API boundary:** the schema (tables, functions, policies) is defined only by the SQL files
+//! in `migrations/`, applied by [`migrate::migrate`]; Rust code never creates schema objects
+//! on the fly. Connection strings are parsed only by [`config`]; retries happen only through
+//! [`retry::RetryPolicy`].
+//!
+//! The storage interface (`hart-store`) implementation on top of this schema comes next.
+
+pub mod config;
+pub mod error;
+pub mod migrate;
+pub mod pool;
+pub mod retry;
+
+pub use config::{ConfigError, ConnectionSettings, PoolSettings, Secret, SslMode};
+pub use migrate::{migrate, migrate_to, MigrateError, MigrationReport, MIGRATIONS};
+pub use retry::{RetryPolicy, Transient, TransientCause};
