@@ -123,6 +123,23 @@ BEGIN
 END
 $$;
 
+-- Just h_xy of a point: the partition and the leading primary-key column. With the point
+-- itself (atoms.pt = vertex) it finds an atom by one index probe for a third of the cost of
+-- the whole key: hart_reconstruct and hart_merge_stage look children up this way. NULL when
+-- x or y is not a whole number in 0..2^28-1 (z and m are checked by the point comparison).
+CREATE FUNCTION hart_xy_of_point(modality smallint, p geometry)
+RETURNS bigint LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    cx float8 := ST_X(p);
+    cy float8 := ST_Y(p);
+BEGIN
+    IF cx <> trunc(cx) OR cy <> trunc(cy) OR least(cx, cy) < 0 OR greatest(cx, cy) > 268435455 THEN
+        RETURN NULL;
+    END IF;
+    RETURN (modality::bigint << 56) | hart_hilbert_encode(cx::bigint, cy::bigint);
+END
+$$;
+
 -- True when (h_xy, h_yz, h_zm) is the key of `modality` at point `p`; false otherwise (never
 -- NULL for non-NULL input, so that a CHECK constraint built on it cannot be passed by NULL).
 CREATE FUNCTION hart_key_matches(h_xy bigint, h_yz bigint, h_zm bigint, modality smallint, p geometry)

@@ -61,8 +61,9 @@ async fn missing_children_and_cycles_are_errors() {
     insert_atoms(&c, &[&a, &n], false).await.unwrap();
     let e = reconstruct(&c, &n).await.unwrap_err();
     assert_eq!(sqlstate(&e), "P0002");
-    let (gx, gy, gz) = gone.k();
-    assert!(format!("{e:?}").contains(&format!("({gx}, {gy}, {gz})")), "names the missing key: {e:?}");
+    let p = gone.pos;
+    let at = format!("POINT ZM ({} {} {} {})", p.x, p.y, p.z, p.m);
+    assert!(format!("{e:?}").contains(&at), "names where the missing child is: {e:?}");
     assert_eq!(sqlstate(&reconstruct(&c, &gone).await.unwrap_err()), "P0002");
 
     // A forged composite whose line passes through its own point: content addressing makes
