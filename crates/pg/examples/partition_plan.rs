@@ -1,5 +1,5 @@
 //! Measures how atoms spread over `atoms` partitions and derives the partition plan of
-//! migration 0002 (docs/decisions/0005-pg-partition-plan.md).
+//! migration 0003 (docs/decisions/0010-pg-partition-plan.md).
 //!
 //! `cargo run --release -p hart-pg --example partition_plan -- MODALITY FILE... [+ HELD-OUT...] [-- MODALITY ...]`
 //!

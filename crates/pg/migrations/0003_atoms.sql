@@ -6,7 +6,7 @@
 -- position -> key -> primary key finds each child. A leaf has `value` (at most 64 bytes) and a
 -- geometry holding only its POINT ZM; a composite has value NULL and POINT ZM + LINESTRING ZM.
 --
--- Partition plan (docs/decisions/0005-pg-partition-plan.md): h_xy's high byte is the modality
+-- Partition plan (docs/decisions/0010-pg-partition-plan.md): h_xy's high byte is the modality
 -- and its low 56 bits the Hilbert index of (x, y), whose high bits are content features, so
 -- atoms are far from uniform over the index. Each of the 7 modalities gets 32 ranges cut at
 -- the quantiles of a measured corpus (examples/partition_plan.rs), 224 partitions; modality
@@ -22,7 +22,7 @@ CREATE TABLE atom_partition_plan (
     UNIQUE (lo)
 );
 COMMENT ON TABLE atom_partition_plan IS
-    'The h_xy range of each atoms partition (migration 0003; docs/decisions/0005-pg-partition-plan.md).';
+    'The h_xy range of each atoms partition (migration 0003; docs/decisions/0010-pg-partition-plan.md).';
 
 CREATE TABLE atoms (
     h_xy         bigint      NOT NULL,
