@@ -55,4 +55,5 @@ trap 'exit 130' INT TERM
 eval "$(scripts/pg.sh env)"
 echo "test.sh: PostgreSQL at 127.0.0.1:$HART_PG_PORT ($HART_PG_DIR)" >&2
 
-cargo test --workspace --locked "$@"
+# --no-fail-fast: report every failing test binary, not just the first.
+cargo test --workspace --locked --no-fail-fast "$@"
