@@ -112,6 +112,14 @@ fn ingest(cli: &Cli, paths: &[PathBuf], modality: Option<hart_core::Modality>, w
     }
     let done = std::sync::atomic::AtomicBool::new(false);
     let result = std::thread::scope(|s| {
+        // Set on every way out of this closure, a panic included, so the ticker always ends.
+        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _done = Done(&done);
         s.spawn(|| {
             while !done.load(Ordering::Relaxed) {
                 pb.set_position(progress.bytes_done.load(Ordering::Relaxed));
@@ -141,7 +149,6 @@ fn ingest(cli: &Cli, paths: &[PathBuf], modality: Option<hart_core::Modality>, w
                     failed.push((path, error));
                 }
             });
-        done.store(true, Ordering::Relaxed);
         r
     });
     pb.finish_and_clear();

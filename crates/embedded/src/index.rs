@@ -23,6 +23,8 @@ const BLOOM_BITS_PER_KEY: u64 = 10;
 /// Probes per key, all inside one 512-bit block (one cache line).
 const BLOOM_K: u32 = 6;
 const BLOCK_WORDS: usize = 8;
+/// Runs with more entries than this are written without a bloom filter.
+const RUN_BLOOM_MAX_KEYS: usize = if cfg!(test) { 2000 } else { 4 << 20 };
 
 /// One immutable sorted run.
 pub struct Run<const K: usize> {
@@ -37,6 +39,8 @@ pub struct Run<const K: usize> {
     bloom_at: usize,
     blocks: usize,
     fences: Vec<[u8; K]>,
+    /// Whether the file is known durable (fsynced since it was written).
+    synced: bool,
 }
 
 #[inline]
@@ -138,7 +142,9 @@ impl<const K: usize> Run<K> {
         let f = File::create(&tmp).map_err(io("create"))?;
         let mut w = BufWriter::with_capacity(1 << 20, f);
         w.write_all(&[0u8; RUN_HEADER]).map_err(io("write"))?;
-        let blocks = blocks_for(cap, BLOOM_BITS_PER_KEY);
+        // Big runs (the few oldest) get no bloom: its memory while writing would grow with the
+        // store, and a lookup there costs a fence search and one page anyway.
+        let blocks = if cap > RUN_BLOOM_MAX_KEYS { 0 } else { blocks_for(cap, BLOOM_BITS_PER_KEY) };
         let mut bloom = vec![0u64; blocks * BLOCK_WORDS];
         let mut crc = crc32fast::Hasher::new();
         let mut count = 0u64;
@@ -148,8 +154,10 @@ impl<const K: usize> Run<K> {
             if count as usize % BLOCK == 0 {
                 fences.push(k);
             }
-            for (w, m) in probes(blocks, key_hashes(&k)).1 {
-                bloom[w] |= m;
+            if blocks > 0 {
+                for (w, m) in probes(blocks, key_hashes(&k)).1 {
+                    bloom[w] |= m;
+                }
             }
             entry[..K].copy_from_slice(&k);
             entry[K..K + 8].copy_from_slice(&v.to_le_bytes());
@@ -173,10 +181,14 @@ impl<const K: usize> Run<K> {
         header[32..40].copy_from_slice(&u64::from(crc.finalize()).to_le_bytes());
         w.seek(SeekFrom::Start(0)).map_err(io("seek"))?;
         w.write_all(&header).map_err(io("write"))?;
-        let f = w.into_inner().map_err(|e| StoreError::io("write", &tmp, e.into_error()))?;
-        f.sync_all().map_err(io("sync"))?;
+        w.into_inner().map_err(|e| StoreError::io("write", &tmp, e.into_error()))?;
+        // Not fsynced here: no manifest names the run yet. A checkpoint syncs every run before
+        // the manifest that names it (`Runs::sync`); a crash before that leaves an orphan
+        // that the next open deletes.
         std::fs::rename(&tmp, &path).map_err(io("rename"))?;
-        Run::open(&path, id)
+        let mut run = Run::open(&path, id)?;
+        run.synced = false;
+        Ok(run)
     }
 
     /// Open a run: check its header and size and load its fences. The checksum is checked
@@ -198,7 +210,7 @@ impl<const K: usize> Run<K> {
         if k as usize != K || map.len() != fences_at + nfences * K {
             return Err(corrupt("index run has the wrong size"));
         }
-        if words % BLOCK_WORDS != 0 || words == 0 {
+        if words % BLOCK_WORDS != 0 {
             return Err(corrupt("index run has a malformed bloom filter"));
         }
         let fences = map[fences_at..].chunks_exact(K).map(|c| <[u8; K]>::try_from(c).expect("K")).collect();
@@ -211,7 +223,14 @@ impl<const K: usize> Run<K> {
             bloom_at: body,
             blocks: words / BLOCK_WORDS,
             fences,
+            synced: true,
         })
+    }
+
+    /// Drop this process's references to the run's mapped pages (see `Log::release_pages`).
+    pub fn release_pages(&self) {
+        // SAFETY: a shared, read-only file mapping; the page cache keeps the data.
+        let _ = unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
     }
 
     /// Check the run's checksum and order (reads it all).
@@ -285,6 +304,9 @@ impl<const K: usize> Run<K> {
 
     #[inline]
     fn may_contain(&self, h: (u64, u64)) -> bool {
+        if self.blocks == 0 {
+            return true;
+        }
         let word = |w: usize| {
             u64::from_le_bytes(self.map[self.bloom_at + 8 * w..self.bloom_at + 8 * w + 8].try_into().expect("8"))
         };
@@ -368,11 +390,11 @@ const GLOBAL_BITS_PER_KEY: u64 = 8;
 /// this atom exist?" and "may an atom hold this position?".
 pub const GLOBAL_PREFIX: usize = 8;
 
-fn level(count: usize) -> u32 {
+fn level(count: usize, fanout: usize) -> u32 {
     let mut l = 0;
     let mut c = count / LEVEL_BASE;
-    while c >= FANOUT {
-        c /= FANOUT;
+    while c >= fanout {
+        c /= fanout;
         l += 1;
     }
     l
@@ -384,12 +406,14 @@ pub struct Runs<const K: usize> {
     pub prefix: &'static str,
     pub runs: Vec<Run<K>>,
     global: Option<Bloom>,
+    /// Runs of one level merged together: more means fewer rewrites and more runs to probe.
+    fanout: usize,
 }
 
 impl<const K: usize> Runs<K> {
     #[cfg(test)]
     pub fn new(prefix: &'static str) -> Self {
-        Runs { prefix, runs: Vec::new(), global: None }
+        Runs { prefix, runs: Vec::new(), global: None, fanout: FANOUT }
     }
 
     pub fn open(dir: &Path, prefix: &'static str, ids: &[u64]) -> Result<Self, StoreError> {
@@ -397,12 +421,14 @@ impl<const K: usize> Runs<K> {
         for &id in ids {
             runs.push(Run::open(&dir.join(format!("{prefix}-{id:08}.run")), id)?);
         }
-        Ok(Runs { prefix, runs, global: None })
+        Ok(Runs { prefix, runs, global: None, fanout: FANOUT })
     }
 
     /// Build the global bloom (writers) over the first [`GLOBAL_PREFIX`] bytes of every key:
     /// one pass over every run.
     pub fn build_global(&mut self) -> Result<(), StoreError> {
+        // Free the old filter first: holding both would double the peak.
+        self.global = None;
         let n: usize = self.runs.iter().map(Run::len).sum();
         let mut g = Bloom::with_capacity((n + n / 2).max(1 << 20), GLOBAL_BITS_PER_KEY);
         for r in &self.runs {
@@ -412,6 +438,25 @@ impl<const K: usize> Runs<K> {
         }
         self.global = Some(g);
         Ok(())
+    }
+
+    /// Merge `fanout` runs of a level at a time (default [`FANOUT`]).
+    pub fn with_fanout(mut self, fanout: usize) -> Self {
+        self.fanout = fanout.max(2);
+        self
+    }
+
+    /// fsync every run written since the last call (before a manifest names them).
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        for r in self.runs.iter_mut().filter(|r| !r.synced) {
+            r.file.sync_all().map_err(|e| StoreError::io("sync", &r.path, e))?;
+            r.synced = true;
+        }
+        Ok(())
+    }
+
+    pub fn release_pages(&self) {
+        self.runs.iter().for_each(Run::release_pages);
     }
 
     pub fn has_global(&self) -> bool {
@@ -470,14 +515,15 @@ impl<const K: usize> Runs<K> {
         self.runs.push(Run::write(dir, id, self.prefix, n, entries.into_iter())?);
         loop {
             let n = self.runs.len();
-            if n < FANOUT {
+            let fanout = self.fanout;
+            if n < fanout {
                 break;
             }
-            let top = level(self.runs[n - 1].len());
-            if !self.runs[n - FANOUT..].iter().all(|r| level(r.len()) == top) {
+            let top = level(self.runs[n - 1].len(), fanout);
+            if !self.runs[n - fanout..].iter().all(|r| level(r.len(), fanout) == top) {
                 break;
             }
-            let group: Vec<Run<K>> = self.runs.drain(n - FANOUT..).collect();
+            let group: Vec<Run<K>> = self.runs.drain(n - fanout..).collect();
             let cap = group.iter().map(Run::len).sum();
             let id = *next_id;
             *next_id += 1;

@@ -38,12 +38,15 @@ use std::sync::{RwLock, RwLockReadGuard};
 
 /// On-disk format version of the embedded store (docs/FORMAT.md).
 pub const STORE_FORMAT: u32 = 1;
-/// Entries in a memtable before a checkpoint moves them into runs.
-const MEM_LIMIT: usize = 384 * 1024;
+/// Entries in a memtable before they are spilled into runs.
+const MEM_LIMIT: usize = 400 * 1024;
+/// Capacity reserved for each memtable: 7/8 of 2^19 buckets, with room for a whole batch past
+/// the limit (the limit is checked between batches), so the tables never grow.
+const MEM_RESERVE: usize = 448 * 1024;
 /// Log bytes after which a checkpoint is taken, bounding replay on open.
 const CHECKPOINT_BYTES: u64 = 512 << 20;
 /// Entries per generation of the writer's cache of recently used atoms.
-const HOT_CACHE: usize = 1 << 18;
+const HOT_CACHE: usize = 1 << 17;
 /// Log bytes after which the log is fsynced during long ingests.
 const SYNC_BYTES: u64 = 64 << 20;
 
@@ -96,6 +99,8 @@ struct Inner {
     manifest: Manifest,
     poisoned: Option<String>,
     checkpointed_at: u64,
+    /// Runs merged away since the last checkpoint: the durable manifest may still name them.
+    pending_delete: Vec<PathBuf>,
     /// Recently put or found atoms, across sessions: a file's vocabulary is mostly the
     /// previous file's, and this spares a trip to the index runs for each of its atoms.
     hot: hart_store::BoundedMap<Hash, u64>,
@@ -488,24 +493,24 @@ impl Inner {
     }
 
     fn maybe_checkpoint(&mut self) -> Result<(), StoreError> {
-        if self.d.hmem.len() >= MEM_LIMIT
-            || self.d.kmem.len() >= MEM_LIMIT
-            || self.log.end().global().saturating_sub(self.checkpointed_at) >= CHECKPOINT_BYTES
-        {
-            let r = self.checkpoint();
-            self.poison(r)?;
-        }
-        Ok(())
+        let r = if self.log.end().global().saturating_sub(self.checkpointed_at) >= CHECKPOINT_BYTES {
+            self.checkpoint()
+        } else if self.d.hmem.len() >= MEM_LIMIT || self.d.kmem.len() >= MEM_LIMIT {
+            self.spill()
+        } else {
+            Ok(())
+        };
+        self.poison(r)
     }
 
-    /// Make the log durable, move memtables into runs, save the state, switch the manifest.
-    fn checkpoint(&mut self) -> Result<(), StoreError> {
+    /// Move the memtables into runs. Nothing is fsynced and no manifest changes: the runs are
+    /// derived from the log and become part of the durable state at the next checkpoint.
+    fn spill(&mut self) -> Result<(), StoreError> {
         self.check()?;
-        self.log.sync()?;
+        self.log.write_frame()?;
         let index_dir = self.dir.join("index");
         let state = &self.d.state;
         let keep = |o: u64| !state.is_dead(o);
-        let mut obsolete = Vec::new();
         let mut next = self.manifest.next_run;
         if !self.d.hmem.is_empty() {
             let mut e: Vec<([u8; 16], u64)> = self
@@ -516,16 +521,32 @@ impl Inner {
                 .map(|(h, &o)| (h.0[..16].try_into().expect("16"), o))
                 .collect();
             e.sort_unstable();
-            obsolete.extend(self.hruns.add(&index_dir, &mut next, e, &keep)?);
+            self.pending_delete.extend(self.hruns.add(&index_dir, &mut next, e, &keep)?);
         }
         if !self.d.kmem.is_empty() {
             let mut e: Vec<([u8; 8], u64)> =
                 self.d.kmem.iter().filter(|(_, &o)| keep(o)).map(|(k, &o)| (k.h_xy.to_be_bytes(), o)).collect();
             e.sort_unstable();
-            obsolete.extend(self.kruns.add(&index_dir, &mut next, e, &keep)?);
+            self.pending_delete.extend(self.kruns.add(&index_dir, &mut next, e, &keep)?);
         }
+        self.manifest.next_run = next;
         self.d.hmem.clear();
         self.d.kmem.clear();
+        self.log.release_pages();
+        self.hruns.release_pages();
+        self.kruns.release_pages();
+        Ok(())
+    }
+
+    /// Make the log durable, spill the memtables, sync the runs, save the state, switch the
+    /// manifest; then delete what the old manifest alone named.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.check()?;
+        self.log.sync()?;
+        self.spill()?;
+        self.hruns.sync()?;
+        self.kruns.sync()?;
+        let index_dir = self.dir.join("index");
         let generation = self.manifest.generation + 1;
         let state_dir = self.dir.join("state");
         self.d.state.save(&state_dir.join(format!("state-{generation:08}.bin")))?;
@@ -540,17 +561,20 @@ impl Inner {
             state: Some(generation),
             hash_runs: self.hruns.ids(),
             key_runs: self.kruns.ids(),
-            next_run: next,
+            next_run: self.manifest.next_run,
         };
         write_manifest(&self.dir, &m)?;
         self.manifest = m;
         self.checkpointed_at = self.log.end().global();
-        for p in obsolete {
+        for p in self.pending_delete.drain(..) {
             let _ = std::fs::remove_file(p);
         }
         if let Some(g) = old_state {
             let _ = std::fs::remove_file(state_dir.join(format!("state-{g:08}.bin")));
         }
+        self.log.release_pages();
+        self.hruns.release_pages();
+        self.kruns.release_pages();
         Ok(())
     }
 }
@@ -661,7 +685,9 @@ impl EmbeddedStore {
         };
         let index_dir = dir.join("index");
         let hruns = Runs::open(&index_dir, "hash", &manifest.hash_runs)?;
-        let kruns = Runs::open(&index_dir, "key", &manifest.key_runs)?;
+        // The key index serves queries only (collisions are found through the hash index), so
+        // it merges less eagerly.
+        let kruns = Runs::open(&index_dir, "key", &manifest.key_runs)?.with_fanout(8);
         let log = Log::open(&dir.join("log"), writable)?;
         let mut inner = Inner {
             dir: dir.to_path_buf(),
@@ -673,6 +699,7 @@ impl EmbeddedStore {
             manifest,
             poisoned: None,
             hot: hart_store::BoundedMap::new(HOT_CACHE),
+            pending_delete: Vec::new(),
         };
         // Replay everything after the checkpoint.
         let from = inner.manifest.log;
@@ -690,6 +717,8 @@ impl EmbeddedStore {
         })?;
         if writable {
             inner.hruns.build_global()?;
+            inner.d.hmem.reserve(MEM_RESERVE);
+            inner.d.kmem.reserve(MEM_RESERVE);
             inner.log.truncate_and_open_for_append(end)?;
             inner.recover_interrupted()?;
             inner.remove_orphans();

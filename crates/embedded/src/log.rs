@@ -318,6 +318,21 @@ impl Log {
     }
 }
 
+impl Log {
+    /// Drop this process's references to the mapped pages (the page cache keeps them): the
+    /// writer reads old records now and then, and this keeps those reads from accumulating
+    /// in its resident memory.
+    pub fn release_pages(&self) {
+        for s in &self.segs {
+            if let Some(m) = &s.map {
+                // SAFETY: a shared, read-only file mapping: dropping its pages loses nothing;
+                // later reads fault them back in from the page cache.
+                let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+            }
+        }
+    }
+}
+
 /// Map a segment once at its largest possible length, so that appending never remaps it.
 /// Only bytes below the segment's valid length are ever read (beyond the file's end a read
 /// would fault), which the log guarantees.
