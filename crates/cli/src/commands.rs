@@ -5,7 +5,7 @@ use crate::{exit, Cli, Command};
 use anyhow::{Context, Result};
 use hart_core::{geom, Hash, HilbertKey};
 use hart_embedded::{EmbeddedStore, OpenOptions};
-use hart_store::ingest::{collect_files, ingest_files, IngestOptions, Outcome, Progress};
+use hart_store::ingest::{ingest_files, IngestOptions, Outcome, Progress};
 use hart_store::{ObjectInfo, Status, Store};
 use serde_json::json;
 use std::io::Write;
@@ -24,6 +24,21 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Gc => gc(cli),
         Command::Fsck => fsck(cli),
         Command::Bench(args) => crate::bench::run(cli, args),
+    }
+}
+
+/// Make everything durable; a checkpoint that could not be saved is only a warning (the data
+/// is durable, and the next writer checkpoints again).
+fn flush(store: &dyn Store, quiet_json: bool) -> Result<()> {
+    match store.flush() {
+        Ok(()) => Ok(()),
+        Err(hart_store::StoreError::CheckpointDeferred(m)) => {
+            if !quiet_json {
+                eprintln!("warning: {}", hart_store::StoreError::CheckpointDeferred(m));
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -100,7 +115,9 @@ fn status_name(s: Status) -> &'static str {
 
 fn ingest(cli: &Cli, paths: &[PathBuf], modality: Option<hart_core::Modality>, workers: usize) -> Result<u8> {
     let store = open(cli, true)?;
-    let (files, walk_errors) = collect_files(paths);
+    // Never ingest the store itself (`hart ingest ~` with the default store under ~).
+    let own = std::fs::canonicalize(store_dir(cli)).ok();
+    let (files, walk_errors) = hart_store::ingest::collect_files_excluding(paths, own.as_deref());
     let total: u64 = files.iter().map(|f| f.1).sum();
     let progress = Progress::default();
     let pb = bar(total, "ingest", cli.quiet || cli.json);
@@ -152,7 +169,7 @@ fn ingest(cli: &Cli, paths: &[PathBuf], modality: Option<hart_core::Modality>, w
         r
     });
     pb.finish_and_clear();
-    let flushed = store.flush();
+    let flushed = flush(store.as_ref(), cli.json);
     result.context("ingest stopped; objects committed before the error are stored and intact")?;
     flushed.context("could not make the ingested objects durable")?;
     let secs = start.elapsed().as_secs_f64();
@@ -348,7 +365,7 @@ fn rm(cli: &Cli, ids: &[String]) -> Result<u8> {
             removed.push(info);
         }
     }
-    store.flush()?;
+    flush(store.as_ref(), cli.json)?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&json!({"removed": removed}))?);
     } else {
@@ -361,6 +378,7 @@ fn gc(cli: &Cli) -> Result<u8> {
     let store = open(cli, true)?;
     let start = Instant::now();
     let r = store.gc()?;
+    flush(store.as_ref(), cli.json)?;
     if cli.json {
         println!(
             "{}",

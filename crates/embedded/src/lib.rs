@@ -653,16 +653,25 @@ impl EmbeddedStore {
         let manifest = match read_manifest(dir)? {
             Some(m) => m,
             None => {
-                let entries: Vec<_> = std::fs::read_dir(dir)
+                // A store whose creation was interrupted (full disk, kill) has at most the lock,
+                // a temporary manifest and empty subdirectories: start it again.
+                let leftover = |e: &std::fs::DirEntry| {
+                    let name = e.file_name();
+                    let path = e.path();
+                    name == "LOCK"
+                        || name == "MANIFEST.tmp"
+                        || (["log", "index", "state"].iter().any(|d| name == *d)
+                            && path.is_dir()
+                            && std::fs::read_dir(&path).map(|mut r| r.next().is_none()).unwrap_or(false))
+                };
+                let foreign = std::fs::read_dir(dir)
                     .map_err(|e| StoreError::io("read", dir, e))?
                     .filter_map(Result::ok)
-                    .map(|e| e.file_name())
-                    .filter(|n| n != "LOCK")
-                    .collect();
-                if !entries.is_empty() {
+                    .any(|e| !leftover(&e));
+                if foreign {
                     return Err(StoreError::NotAStore {
                         path: dir.to_path_buf(),
-                        reason: "it has files but no MANIFEST".into(),
+                        reason: "it has files but no MANIFEST; pass an empty or new directory as --store".into(),
                     });
                 }
                 if !writable {
@@ -722,6 +731,11 @@ impl EmbeddedStore {
             inner.log.truncate_and_open_for_append(end)?;
             inner.recover_interrupted()?;
             inner.remove_orphans();
+            if end != inner.manifest.log {
+                // Recovered a tail (the last writer stopped without its final checkpoint):
+                // checkpoint now so that readers need not replay it every time.
+                inner.checkpoint()?;
+            }
         } else {
             inner.log.set_end(end);
         }
@@ -805,7 +819,7 @@ fn take_lock(dir: &Path) -> Result<std::fs::File, StoreError> {
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(|e| StoreError::io("create", &path, e))?;
+        .map_err(|e| StoreError::io("create", dir, e))?;
     match f.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -1009,6 +1023,8 @@ impl Store for EmbeddedStore {
         let json = serde_json::to_vec(&info).map_err(|e| StoreError::Backend(e.to_string()))?;
         inner.append(|buf, _| record::encode_obj(buf, record::OBJ_BEGIN, id, None, &json))?;
         inner.d.obj_begin(id, &json).map_err(|e| corrupt(&self.dir, 0, e))?;
+        // Written now, so that an interrupted ingestion is on record as one.
+        inner.write_frame(false)?;
         let start = inner.log.next_offset();
         drop(inner);
         Ok(Box::new(EmbeddedSession {
@@ -1110,6 +1126,9 @@ impl Store for EmbeddedStore {
             .objects
             .get(&id)
             .ok_or_else(|| StoreError::NotFound { what: "object", id: id.to_string() })?;
+        if e.info.status == Status::Deleted {
+            return Err(StoreError::NotFound { what: "live object", id: format!("#{id} (it was already removed)") });
+        }
         if !matches!(e.info.status, Status::Completed | Status::Unchanged | Status::Failed) {
             return Err(StoreError::Invalid(format!(
                 "object {id} is {:?}; only completed, unchanged or failed objects can be removed",
@@ -1149,7 +1168,8 @@ impl Store for EmbeddedStore {
         for chunk in removed.chunks(65_536) {
             inner.append(|buf, _| record::encode_gc(buf, chunk))?;
         }
-        let r = inner.checkpoint();
+        // Durable now; the checkpoint that folds it into the state is the caller's flush.
+        let r = inner.log.sync();
         inner.poison(r)?;
         Ok(report)
     }
@@ -1190,9 +1210,16 @@ impl Store for EmbeddedStore {
             return Ok(());
         }
         let mut inner = self.inner.write().expect("lock");
-        inner.check()?;
-        let r = inner.checkpoint();
-        inner.poison(r)
+        if inner.poisoned.is_some() {
+            // Make what was fully written durable; the torn frame was already cut off.
+            let _ = inner.log.sync_written();
+            inner.check()?;
+        }
+        let r = inner.log.sync();
+        inner.poison(r)?;
+        // Everything is durable now; a failing checkpoint only defers index maintenance
+        // (the next writer replays the log and checkpoints again).
+        inner.checkpoint().map_err(|e| StoreError::CheckpointDeferred(e.to_string()))
     }
 }
 

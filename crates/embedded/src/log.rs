@@ -247,6 +247,14 @@ impl Log {
         Ok(())
     }
 
+    /// fsync what is already written, without writing the pending frame.
+    pub fn sync_written(&mut self) -> Result<(), StoreError> {
+        if let (Some(f), Some(seg)) = (&self.file, self.segs.last()) {
+            f.sync_data().map_err(|e| StoreError::io("sync", &seg.path, e))?;
+        }
+        Ok(())
+    }
+
     /// Bytes written since the last sync.
     pub fn unsynced(&self) -> u64 {
         self.unsynced

@@ -43,6 +43,9 @@ pub enum StoreError {
 
     #[error("{0}")]
     Backend(String),
+
+    #[error("everything written is durable, but the index checkpoint could not be saved ({0}); it is retried by the next command that writes")]
+    CheckpointDeferred(String),
 }
 
 impl StoreError {
@@ -50,7 +53,8 @@ impl StoreError {
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         let path = path.into();
         match source.raw_os_error() {
-            Some(28) => StoreError::DiskFull { path },
+            // ENOSPC, EDQUOT (quota), EFBIG (file-size limit): no room to write.
+            Some(28) | Some(122) | Some(27) => StoreError::DiskFull { path },
             Some(30) => StoreError::ReadOnly { path, reason: "read-only file system".into() },
             Some(13) if op != "read" => StoreError::ReadOnly { path, reason: "permission denied".into() },
             _ => StoreError::Io { op, path, source },

@@ -24,7 +24,7 @@ const CHANNEL_DEPTH: usize = 4;
 /// Read size.
 const READ_BLOCK: usize = 1 << 20;
 /// Entries per generation of the "already sent" cache.
-const EMITTED_CAP: usize = 1 << 17;
+const EMITTED_CAP: usize = 1 << 16;
 /// Entries of the token cache before it is dropped and rebuilt.
 const LEAF_CACHE_MAX: usize = 1 << 16;
 
@@ -56,19 +56,33 @@ pub enum Outcome {
 /// Every regular file under `paths` (directories recursively, in name order), and the
 /// entries that could not be read.
 pub fn collect_files(paths: &[PathBuf]) -> (Vec<(PathBuf, u64)>, Vec<(PathBuf, String)>) {
+    collect_files_excluding(paths, None)
+}
+
+/// As [`collect_files`], skipping everything under `exclude` (a canonical path: the store's
+/// own directory, which would otherwise grow while it is being read).
+pub fn collect_files_excluding(
+    paths: &[PathBuf],
+    exclude: Option<&Path>,
+) -> (Vec<(PathBuf, u64)>, Vec<(PathBuf, String)>) {
     let mut files = Vec::new();
     let mut errors = Vec::new();
     for p in paths {
-        walk(p, &mut files, &mut errors);
+        walk(p, exclude, &mut files, &mut errors);
     }
     (files, errors)
 }
 
-fn walk(p: &Path, files: &mut Vec<(PathBuf, u64)>, errors: &mut Vec<(PathBuf, String)>) {
+fn walk(p: &Path, exclude: Option<&Path>, files: &mut Vec<(PathBuf, u64)>, errors: &mut Vec<(PathBuf, String)>) {
     let meta = match std::fs::metadata(p) {
         Ok(m) => m,
         Err(e) => return errors.push((p.to_path_buf(), format!("cannot read: {e}"))),
     };
+    if let Some(ex) = exclude {
+        if std::fs::canonicalize(p).is_ok_and(|c| c.starts_with(ex)) {
+            return errors.push((p.to_path_buf(), "skipped: this is the store itself".into()));
+        }
+    }
     if meta.is_file() {
         files.push((p.to_path_buf(), meta.len()));
     } else if meta.is_dir() {
@@ -88,12 +102,28 @@ fn walk(p: &Path, files: &mut Vec<(PathBuf, u64)>, errors: &mut Vec<(PathBuf, St
             // Symlinks to directories are not followed (no cycles); to files they are.
             match std::fs::symlink_metadata(&e) {
                 Ok(m) if m.file_type().is_symlink() && e.is_dir() => {}
-                _ => walk(&e, files, errors),
+                _ => walk(&e, exclude, files, errors),
             }
         }
     } else {
         errors.push((p.to_path_buf(), "not a regular file or directory (skipped)".into()));
     }
+}
+
+/// `file://` URI of a path, byte for byte: every byte outside `A–Z a–z 0–9 - . _ ~ /` is
+/// percent-encoded (RFC 3986), so names that are not UTF-8 keep distinct URIs.
+pub fn file_uri(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = String::from("file://");
+    for &b in abs.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Messages from a decoding worker to the store thread, for one file.
@@ -225,12 +255,15 @@ fn decode_file(path: &Path, forced: Option<Modality>, progress: &Progress, tx: &
             Err(e) => return fail("cannot read", e),
         },
     };
-    let mut file = match std::fs::File::open(path) {
+    let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) => return fail("cannot open", e),
     };
     let size = file.metadata().ok().map(|m| m.len());
-    let uri = format!("file://{}", std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display());
+    let uri = file_uri(path);
+    // Read what the file held when it was opened: a file that grows meanwhile (a log being
+    // written) is stored as it was then.
+    let mut file = std::io::Read::take(file, size.unwrap_or(u64::MAX));
     if tx.send(Msg::Begin(SourceInfo { uri, modality, size })).is_err() {
         return;
     }
