@@ -5,7 +5,7 @@
 //! with a message that says what broke. A backend's test file gets one `#[test]` per check
 //! from [`conformance_tests!`](crate::conformance_tests):
 //!
-//! ```ignore
+//! ```text
 //! fn fresh() -> Box<dyn hart_store::Store> {
 //!     let dir = tempfile::tempdir().unwrap();
 //!     let store = MyStore::open(dir.path()).unwrap();
@@ -214,7 +214,7 @@ crate::__conformance_checks!(__conformance_defs!());
 /// closure returning a fresh `Box<dyn Store>` or [`Subject`](crate::conformance::Subject)).
 /// Put it in its own module to run the suite more than once (e.g. plain and reopening):
 ///
-/// ```ignore
+/// ```text
 /// mod fresh { hart_store::conformance_tests!(super::fresh_store); }
 /// mod reopened { hart_store::conformance_tests!(super::reopening_store); }
 /// ```
