@@ -49,7 +49,7 @@ pub fn report_error(e: &anyhow::Error, json: bool) -> u8 {
     }
     let store = e.chain().find_map(|c| c.downcast_ref::<StoreError>());
     let (code, hint) = match store {
-        Some(StoreError::NotFound { .. }) => (exit::NOT_FOUND, None),
+        Some(StoreError::NotFound { .. }) | Some(StoreError::NoStore { .. }) => (exit::NOT_FOUND, None),
         Some(StoreError::Locked { .. }) => {
             (exit::LOCKED, Some("another `hart` command is writing to this store; run yours when it has finished"))
         }

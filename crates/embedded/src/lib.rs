@@ -619,10 +619,7 @@ impl EmbeddedStore {
         let writable = !opts.read_only;
         if !dir.exists() {
             if !writable {
-                return Err(StoreError::NotFound {
-                    what: "store at",
-                    id: format!("{} (ingest something first, or pass --store)", dir.display()),
-                });
+                return Err(StoreError::NoStore { path: dir.to_path_buf() });
             }
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
         }
@@ -675,10 +672,7 @@ impl EmbeddedStore {
                     });
                 }
                 if !writable {
-                    return Err(StoreError::NotFound {
-                        what: "store at",
-                        id: format!("{} (ingest something first)", dir.display()),
-                    });
+                    return Err(StoreError::NoStore { path: dir.to_path_buf() });
                 }
                 for sub in ["log", "index", "state"] {
                     std::fs::create_dir_all(dir.join(sub)).map_err(|e| StoreError::io("create", dir.join(sub), e))?;

@@ -35,6 +35,9 @@ pub enum StoreError {
     #[error("no {what} {id} in this store")]
     NotFound { what: &'static str, id: String },
 
+    #[error("no store at {path}: ingest something first, or pass --store DIR (or set HART_STORE)")]
+    NoStore { path: PathBuf },
+
     #[error("invalid input: {0}")]
     Invalid(String),
 
