@@ -142,9 +142,24 @@ $$;
 
 -- True when (h_xy, h_yz, h_zm) is the key of `modality` at point `p`; false otherwise (never
 -- NULL for non-NULL input, so that a CHECK constraint built on it cannot be passed by NULL).
+-- One function, no nested SQL calls: it runs for every inserted atom.
 CREATE FUNCTION hart_key_matches(h_xy bigint, h_yz bigint, h_zm bigint, modality smallint, p geometry)
-RETURNS boolean LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT coalesce(hart_key_of_point(modality, p) = ROW(h_xy, h_yz, h_zm)::hart_key, false)
+RETURNS boolean LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    cx float8 := ST_X(p);
+    cy float8 := ST_Y(p);
+    cz float8 := ST_Z(p);
+    cm float8 := ST_M(p);
+BEGIN
+    IF cz IS NULL OR cm IS NULL
+       OR cx <> trunc(cx) OR cy <> trunc(cy) OR cz <> trunc(cz) OR cm <> trunc(cm)
+       OR least(cx, cy, cz, cm) < 0 OR greatest(cx, cy, cz, cm) > 268435455 THEN
+        RETURN false;
+    END IF;
+    RETURN h_xy = ((modality::bigint << 56) | hart_hilbert_encode(cx::bigint, cy::bigint))
+       AND h_yz = hart_hilbert_encode(cy::bigint, cz::bigint)
+       AND h_zm = hart_hilbert_encode(cz::bigint, cm::bigint);
+END
 $$;
 
 -- Decode a key: modality and position, or NULL when the three indices disagree on the

@@ -47,19 +47,9 @@ CREATE TABLE atoms (
     version      integer     NOT NULL DEFAULT 1,
     CONSTRAINT atoms_pkey PRIMARY KEY (h_xy, h_yz, h_zm),
     CONSTRAINT atoms_modality_in_key CHECK (modality BETWEEN 0 AND 127 AND (h_xy >> 56) = modality),
-    -- The key is the key of the atom's own point: a wrong key would hide the atom from its
-    -- parents. Costs ~7 us per inserted row (three Hilbert encodings in PL/pgSQL).
-    CONSTRAINT atoms_key_matches_point CHECK (hart_key_matches(h_xy, h_yz, h_zm, modality, pt)),
     CONSTRAINT atoms_value_size CHECK (octet_length(value) <= 64),
     CONSTRAINT atoms_content_hash_size CHECK (octet_length(content_hash) = 32),
     CONSTRAINT atoms_ref_count_nonnegative CHECK (ref_count >= 0),
-    -- Leaf: value and a POINT only. Composite: no value, POINT then LINESTRING (>= 2 vertices).
-    CONSTRAINT atoms_shape CHECK (
-        CASE WHEN value IS NOT NULL THEN ST_NumGeometries(geom) = 1
-             ELSE ST_NumGeometries(geom) = 2
-                  AND GeometryType(ST_GeometryN(geom, 2)) = 'LINESTRING'
-                  AND ST_NPoints(ST_GeometryN(geom, 2)) >= 2
-        END),
     CONSTRAINT atoms_meta_is_object CHECK (meta IS NULL OR jsonb_typeof(meta) = 'object'),
     CONSTRAINT atoms_has_owner CHECK (cardinality(owners) >= 1),
     CONSTRAINT atoms_version_positive CHECK (version >= 1)
@@ -169,16 +159,54 @@ CREATE TRIGGER atoms_publish_is_final BEFORE UPDATE ON atoms FOR EACH ROW
     WHEN (OLD.is_public AND NOT NEW.is_public)
     EXECUTE FUNCTION atoms_publish_is_final();
 
--- Content is immutable: an atom's identity never changes once written.
+-- Checks of a new atom's structure. They are a trigger on INSERT, not CHECK constraints,
+-- because PostgreSQL re-evaluates every CHECK on every UPDATE, and atoms are updated all the
+-- time (ref_count): the key check alone would add ~15 us to each reference. The content they
+-- check cannot change afterwards (atoms_content_is_immutable).
+--   atoms_key_matches_point: the key is the key of the atom's own point; a wrong key would
+--     hide the atom from its parents (three Hilbert encodings, ~7 us).
+--   atoms_shape: a leaf has a value and a POINT only; a composite has no value, and a POINT
+--     then a LINESTRING of at least 2 vertices.
+CREATE FUNCTION atoms_validate() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    own geometry := ST_GeometryN(NEW.geom, 1);
+    n   int := ST_NumGeometries(NEW.geom);
+BEGIN
+    IF own IS NULL OR GeometryType(own) <> 'POINT'
+       OR NOT hart_key_matches(NEW.h_xy, NEW.h_yz, NEW.h_zm, NEW.modality, own) THEN
+        RAISE EXCEPTION 'new row for relation "atoms" violates check constraint "atoms_key_matches_point"'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'atoms_key_matches_point', TABLE = 'atoms',
+                  DETAIL = format('key (%s, %s, %s), modality %s, point %s', NEW.h_xy, NEW.h_yz,
+                                  NEW.h_zm, NEW.modality, ST_AsText(own)),
+                  HINT = 'the key must be hart_key(modality, x, y, z, m) of the atom''s own point';
+    END IF;
+    IF NOT (CASE WHEN NEW.value IS NOT NULL THEN n = 1
+                 ELSE n = 2 AND GeometryType(ST_GeometryN(NEW.geom, 2)) = 'LINESTRING'
+                      AND ST_NPoints(ST_GeometryN(NEW.geom, 2)) >= 2
+            END) THEN
+        RAISE EXCEPTION 'new row for relation "atoms" violates check constraint "atoms_shape"'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'atoms_shape', TABLE = 'atoms',
+                  DETAIL = 'a leaf has a value and a POINT ZM; a composite has no value, a POINT ZM and a LINESTRING ZM of at least 2 vertices';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER atoms_validate BEFORE INSERT ON atoms FOR EACH ROW
+    EXECUTE FUNCTION atoms_validate();
+
+-- Content is immutable: an atom's identity never changes once written. A column trigger, so
+-- that updates of meta or ref_count do not pay for it.
 CREATE FUNCTION atoms_content_is_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION 'atom content is immutable: key, modality, content_hash and value cannot change'
+    RAISE EXCEPTION 'atom content is immutable: key, geometry, modality, content_hash and value cannot change'
         USING ERRCODE = 'integrity_constraint_violation',
               HINT = 'write a new atom instead; only meta, is_public and ref_count change';
 END
 $$;
-CREATE TRIGGER atoms_content_is_immutable BEFORE UPDATE ON atoms FOR EACH ROW
+CREATE TRIGGER atoms_content_is_immutable
+    BEFORE UPDATE OF h_xy, h_yz, h_zm, geom, modality, content_hash, value ON atoms FOR EACH ROW
     WHEN (OLD.h_xy <> NEW.h_xy OR OLD.h_yz <> NEW.h_yz OR OLD.h_zm <> NEW.h_zm
           OR OLD.modality <> NEW.modality OR OLD.content_hash <> NEW.content_hash
-          OR OLD.value IS DISTINCT FROM NEW.value)
+          OR OLD.value IS DISTINCT FROM NEW.value
+          OR ST_AsEWKB(OLD.geom) <> ST_AsEWKB(NEW.geom))
     EXECUTE FUNCTION atoms_content_is_immutable();

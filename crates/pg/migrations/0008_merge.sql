@@ -73,19 +73,32 @@ BEGIN
 END
 $$;
 
--- Joins against atoms must be index probes whatever the statistics (fresh partitions have
--- none): hash and merge joins would scan every partition. No JIT: plans over 256 partitions
--- look expensive enough to compile, which costs more than running them.
+-- Planning: every probe of atoms is a correlated LATERAL ... LIMIT 1 (an index lookup pruned
+-- to one partition, whatever the statistics: fresh partitions have none), and the UPDATEs run
+-- with hash and merge joins off for the same reason. No JIT: plans over 256 partitions look
+-- expensive enough to compile, which costs more than running them. Generic plans: a custom
+-- plan over 256 partitions costs 20-50 ms to make, per statement and call.
+--
+-- References: new atoms are inserted with their reference count already set (the number of
+-- new composites of this batch that have them as a child), so that the common case, children
+-- arriving with their parents, updates no row. Only children that existed before get an
+-- UPDATE. If a concurrent merge stores one of our new atoms first, the counts computed here
+-- would be wrong: the batch fails with serialization_failure (40001) and is retried.
 CREATE FUNCTION hart_merge_stage(OUT created bigint, OUT existing bigint, OUT claimed bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
-SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
+SET jit = off SET work_mem = '128MB' SET plan_cache_mode = force_generic_plan
+SET enable_hashjoin = on SET enable_mergejoin = on AS $$
 DECLARE
-    who    name := hart_invoker();
-    new_xy bigint[]; new_yz bigint[]; new_zm bigint[];
-    n_bad  bigint;
-    n_kids bigint;
-    n_upd  bigint;
-    staged bigint;
+    who     name := hart_invoker();
+    staged  bigint;
+    n_fresh bigint;
+    n_bad   bigint;
+    n_kids  bigint;
+    n_upd   bigint;
+    -- References to children that were not inserted by this call (they existed before).
+    k_xy    bigint[];
+    k_pt    geometry[];
+    k_n     bigint[];
 BEGIN
     IF NOT pg_has_role(who, 'hart_writer', 'USAGE') THEN
         RAISE EXCEPTION 'role % may not write atoms', who
@@ -102,32 +115,61 @@ BEGIN
         RAISE EXCEPTION 'position collision: % key(s) carry two different atoms in one batch', n_bad
             USING ERRCODE = 'HT001';
     END IF;
-    SELECT count(DISTINCT (h_xy, h_yz, h_zm)) INTO staged FROM pg_temp.hart_stage;
 
-    -- New atoms, in key order (a stable lock order between concurrent merges).
-    WITH ins AS (
-        INSERT INTO atoms AS a (h_xy, h_yz, h_zm, geom, value, modality, content_hash, meta,
-                                is_public, owners, created_by, updated_by)
-        SELECT DISTINCT ON (h_xy, h_yz, h_zm)
-               h_xy, h_yz, h_zm, geom, value, modality, content_hash, meta,
-               is_public, ARRAY[who], who, who
-        FROM pg_temp.hart_stage
+    WITH s AS (
+        SELECT DISTINCT ON (h_xy, h_yz, h_zm) * FROM pg_temp.hart_stage
         ORDER BY h_xy, h_yz, h_zm
+    ), probe AS (
+        SELECT s.*, e.hit IS NOT NULL AS present
+        FROM s LEFT JOIN LATERAL (
+            SELECT true AS hit FROM atoms a
+            WHERE a.h_xy = s.h_xy AND a.h_yz = s.h_yz AND a.h_zm = s.h_zm
+            LIMIT 1) e ON true
+    ), fresh AS (
+        SELECT * FROM probe WHERE NOT present
+    ), kids AS (
+        -- Distinct children of each new composite (a child repeated in one parent counts once).
+        SELECT f.h_xy AS p_xy, f.h_yz AS p_yz, f.h_zm AS p_zm, f.modality, v.geom AS pt
+        FROM fresh f
+        CROSS JOIN LATERAL ST_DumpPoints(ST_GeometryN(f.geom, 2)) AS v
+        WHERE f.value IS NULL
+        GROUP BY 1, 2, 3, 4, 5
+    ), counts AS (
+        -- Children are identified by (h_xy, point): the point is the atom's, and h_xy, computed
+        -- once per distinct child (not per vertex), finds its partition and index entry.
+        SELECT hart_xy_of_point(modality, pt) AS h_xy, pt, count(*) AS n
+        FROM kids GROUP BY modality, pt
+    ), ins AS (
+        INSERT INTO atoms AS a (h_xy, h_yz, h_zm, geom, value, modality, content_hash, meta,
+                                is_public, owners, created_by, updated_by, ref_count)
+        SELECT f.h_xy, f.h_yz, f.h_zm, f.geom, f.value, f.modality, f.content_hash, f.meta,
+               f.is_public, ARRAY[who], who, who, coalesce(c.n, 0)
+        FROM fresh f
+        LEFT JOIN counts c ON c.h_xy = f.h_xy AND c.pt = ST_GeometryN(f.geom, 1)
+        ORDER BY f.h_xy, f.h_yz, f.h_zm          -- a stable lock order between merges
         ON CONFLICT (h_xy, h_yz, h_zm) DO NOTHING
-        RETURNING a.h_xy, a.h_yz, a.h_zm, a.value IS NULL AS composite
+        RETURNING a.h_xy, a.pt
     )
-    SELECT count(*),
-           array_agg(h_xy) FILTER (WHERE composite),
-           array_agg(h_yz) FILTER (WHERE composite),
-           array_agg(h_zm) FILTER (WHERE composite)
-    INTO created, new_xy, new_yz, new_zm
-    FROM ins;
+    SELECT (SELECT count(*) FROM probe), (SELECT count(*) FROM fresh), (SELECT count(*) FROM ins),
+           array_agg(c.h_xy), array_agg(c.pt), array_agg(c.n)
+    INTO staged, n_fresh, created, k_xy, k_pt, k_n
+    FROM counts c
+    WHERE NOT EXISTS (SELECT FROM ins i WHERE i.h_xy = c.h_xy AND i.pt = c.pt);
+
+    IF created <> n_fresh THEN
+        RAISE EXCEPTION 'a concurrent merge stored % of these atoms first', n_fresh - created
+            USING ERRCODE = 'serialization_failure', HINT = 'retry the batch';
+    END IF;
     existing := staged - created;
 
     -- Atoms that were already there: identical, or a collision.
     SELECT count(*) INTO n_bad
-    FROM (SELECT DISTINCT ON (h_xy, h_yz, h_zm) * FROM pg_temp.hart_stage) s
-    JOIN atoms a ON a.h_xy = s.h_xy AND a.h_yz = s.h_yz AND a.h_zm = s.h_zm
+    FROM (SELECT DISTINCT ON (h_xy, h_yz, h_zm) * FROM pg_temp.hart_stage
+          ORDER BY h_xy, h_yz, h_zm) s
+    CROSS JOIN LATERAL (
+        SELECT a.content_hash, a.modality, a.value, a.geom FROM atoms a
+        WHERE a.h_xy = s.h_xy AND a.h_yz = s.h_yz AND a.h_zm = s.h_zm
+        LIMIT 1) a
     WHERE NOT (a.content_hash = s.content_hash AND a.modality = s.modality
                AND a.value IS NOT DISTINCT FROM s.value
                AND ST_AsEWKB(a.geom) = ST_AsEWKB(s.geom));
@@ -138,53 +180,46 @@ BEGIN
                   HINT = 'two different contents map to one position; report it with the content hashes';
     END IF;
 
+    -- The UPDATEs below join a small set to atoms: index probes, never a scan of atoms.
+    PERFORM set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true);
+
     -- Proof of possession: the caller becomes a holder of each private atom it could write
     -- identically. Public atoms need no holders (publishing cannot be undone, trigger
     -- atoms_publish_is_final). Publishing is a right of every holder: each could publish the
     -- bytes anyway.
-    WITH s AS (SELECT DISTINCT ON (h_xy, h_yz, h_zm) h_xy, h_yz, h_zm, is_public
-               FROM pg_temp.hart_stage ORDER BY h_xy, h_yz, h_zm),
-         upd AS (
-        UPDATE atoms a
-        SET owners    = CASE WHEN s.is_public THEN a.owners ELSE a.owners || who END,
-            is_public = s.is_public
-        FROM s
-        WHERE a.h_xy = s.h_xy AND a.h_yz = s.h_yz AND a.h_zm = s.h_zm
-          AND NOT a.is_public AND (s.is_public OR NOT who = ANY (a.owners))
-        RETURNING 1)
-    SELECT count(*) INTO claimed FROM upd;
-
-    IF new_xy IS NULL THEN
-        RETURN;
+    IF existing > 0 THEN
+        WITH s AS (SELECT DISTINCT ON (h_xy, h_yz, h_zm) h_xy, h_yz, h_zm, is_public
+                   FROM pg_temp.hart_stage ORDER BY h_xy, h_yz, h_zm),
+             upd AS (
+            UPDATE atoms a
+            SET owners    = CASE WHEN s.is_public THEN a.owners ELSE a.owners || who END,
+                is_public = s.is_public
+            FROM s
+            WHERE a.h_xy = s.h_xy AND a.h_yz = s.h_yz AND a.h_zm = s.h_zm
+              AND NOT a.is_public AND (s.is_public OR NOT who = ANY (a.owners))
+            RETURNING 1)
+        SELECT count(*) INTO claimed FROM upd;
+    ELSE
+        claimed := 0;
     END IF;
 
-    -- One reference from each new composite to each of its distinct children. The children's
-    -- keys come from the stored geometry (not from the caller), and every child must exist and
-    -- be readable by the caller: no references to what it cannot see.
-    WITH parents AS (
-        SELECT a.geom, a.modality, p.ord
-        FROM unnest(new_xy, new_yz, new_zm) WITH ORDINALITY AS p(h_xy, h_yz, h_zm, ord)
-        JOIN atoms a ON a.h_xy = p.h_xy AND a.h_yz = p.h_yz AND a.h_zm = p.h_zm
-    ), kids AS (
-        -- Distinct children per parent, as (h_xy, point): the point identifies the atom.
-        SELECT DISTINCT p.ord, hart_xy_of_point(p.modality, v.geom) AS h_xy, v.geom AS pt
-        FROM parents p
-        CROSS JOIN LATERAL ST_DumpPoints(ST_GeometryN(p.geom, 2)) AS v
-    ), counts AS (
-        SELECT h_xy, pt, count(*) AS n FROM kids GROUP BY 1, 2 ORDER BY 1
-    ), upd AS (
-        UPDATE atoms a SET ref_count = a.ref_count + c.n
-        FROM counts c
-        WHERE a.h_xy = c.h_xy AND a.pt = c.pt
-          AND (a.is_public OR who = ANY (a.owners))
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM counts), (SELECT count(*) FROM upd) INTO n_kids, n_upd;
-    IF n_upd <> n_kids THEN
-        RAISE EXCEPTION '% child atom(s) of the new composites are missing or not readable by %',
-            n_kids - n_upd, who
-            USING ERRCODE = 'HT002',
-                  HINT = 'put children before their parents, in this batch or an earlier one';
+    -- One reference from each new composite to each distinct child that existed before. Every
+    -- child must exist and be readable by the caller: no references to what it cannot see.
+    IF k_xy IS NOT NULL THEN
+        WITH c AS (SELECT * FROM unnest(k_xy, k_pt, k_n) AS c(h_xy, pt, n) ORDER BY 1),
+             upd AS (
+            UPDATE atoms a SET ref_count = a.ref_count + c.n
+            FROM c
+            WHERE a.h_xy = c.h_xy AND a.pt = c.pt
+              AND (a.is_public OR who = ANY (a.owners))
+            RETURNING 1)
+        SELECT cardinality(k_xy), (SELECT count(*) FROM upd) INTO n_kids, n_upd;
+        IF n_upd <> n_kids THEN
+            RAISE EXCEPTION '% child atom(s) of the new composites are missing or not readable by %',
+                n_kids - n_upd, who
+                USING ERRCODE = 'HT002',
+                      HINT = 'put children before their parents, in this batch or an earlier one';
+        END IF;
     END IF;
 END
 $$;

@@ -109,20 +109,20 @@ async fn dedup_does_not_open_private_content() {
     let alice = db.login_role("alice", &["hart_writer"]).await;
     let bob = db.login_role("bob", &["hart_writer"]).await;
     let carol = db.login_role("carol", &["hart_writer"]).await;
-    let (mut a, mut b, c) = (db.client_as(&alice).await, db.client_as(&bob).await, db.client_as(&carol).await);
+    let (a, b, c) = (db.client_as(&alice).await, db.client_as(&bob).await, db.client_as(&carol).await);
 
     let l1 = Atom::leaf(Modality::Text, b"salary:");
     let l2 = Atom::leaf(Modality::Text, b" 120000");
     let root = Atom::node(Modality::Text, &[&l1, &l2, &l1]);
     let tree = [&l1, &l2, &root];
-    assert_eq!(merge_atoms(&mut a, &tree, false).await.unwrap(), (3, 0, 0));
+    assert_eq!(merge_atoms(&a, &tree, false).await.unwrap(), (3, 0, 0));
     assert!(visible(&b, &tree).await.is_empty(), "private to alice");
 
     // Bob knows l2's key and hash (say, from a leak) but not its bytes: a forged copy
     // collides and reveals nothing.
     let mut forged = l2.clone();
     forged.value = Some(b" 999999".to_vec());
-    let e = merge_atoms(&mut b, &[&forged], false).await.unwrap_err();
+    let e = merge_atoms(&b, &[&forged], false).await.unwrap_err();
     assert_eq!(sqlstate(&e), "HT001", "{e:?}");
     assert!(!format!("{e:?}").contains("120000"));
     assert!(visible(&b, &tree).await.is_empty());
@@ -130,7 +130,7 @@ async fn dedup_does_not_open_private_content() {
     // Bob cannot hang his own composite on Alice's private atoms either.
     let b_leaf = Atom::leaf(Modality::Text, b"bob");
     let parasite = Atom::node(Modality::Text, &[&b_leaf, &l2]);
-    let e = merge_atoms(&mut b, &[&b_leaf, &parasite], false).await.unwrap_err();
+    let e = merge_atoms(&b, &[&b_leaf, &parasite], false).await.unwrap_err();
     assert_eq!(sqlstate(&e), "HT002", "{e:?}");
     assert!(visible(&b, &[&b_leaf, &parasite]).await.is_empty(), "the whole batch rolled back");
 
@@ -158,7 +158,7 @@ async fn dedup_does_not_open_private_content() {
 
     // Bob ingests the same content himself: it deduplicates (nothing new is stored) and he
     // becomes a holder, because he proved he has it. Carol, who has not, still sees nothing.
-    assert_eq!(merge_atoms(&mut b, &tree, false).await.unwrap(), (0, 3, 3));
+    assert_eq!(merge_atoms(&b, &tree, false).await.unwrap(), (0, 3, 3));
     assert_eq!(visible(&b, &tree).await, hexes(&tree));
     assert_eq!(visible(&a, &tree).await, hexes(&tree));
     assert!(visible(&c, &tree).await.is_empty());
@@ -207,7 +207,7 @@ async fn dedup_does_not_open_private_content() {
     assert_eq!(root_refs().await, 0);
 
     // Publishing (by any holder) opens the atoms to everyone.
-    assert_eq!(merge_atoms(&mut a, &[&l1], true).await.unwrap(), (0, 1, 1));
+    assert_eq!(merge_atoms(&a, &[&l1], true).await.unwrap(), (0, 1, 1));
     assert_eq!(visible(&c, &tree).await, hexes(&[&l1]));
 }
 
@@ -216,15 +216,15 @@ async fn merge_is_only_for_writers_and_only_as_oneself() {
     let db = TestDb::migrated("rls_merge_roles").await;
     let carol = db.login_role("carol", &["hart_reader"]).await;
     let dave = db.login_role("dave", &["hart_writer"]).await;
-    let mut c = db.client_as(&carol).await;
-    let e = merge_atoms(&mut c, &[&Atom::leaf(Modality::Binary, b"r")], false).await.unwrap_err();
+    let c = db.client_as(&carol).await;
+    let e = merge_atoms(&c, &[&Atom::leaf(Modality::Binary, b"r")], false).await.unwrap_err();
     assert_eq!(sqlstate(&e), "42501");
     // SET ROLE is how a service acts for a principal: the merge records the principal.
     let admin = db.client().await;
     admin.batch_execute(&format!("GRANT \"{dave}\" TO \"{carol}\"")).await.unwrap();
     c.batch_execute(&format!("SET ROLE \"{dave}\"")).await.unwrap();
     let atom = Atom::leaf(Modality::Binary, b"as dave");
-    merge_atoms(&mut c, &[&atom], false).await.unwrap();
+    merge_atoms(&c, &[&atom], false).await.unwrap();
     let (x, y, z) = atom.k();
     let row = admin
         .query_one(

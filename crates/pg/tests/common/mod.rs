@@ -260,14 +260,33 @@ pub fn build_tree(modality: hart_core::Modality, data: &[u8]) -> (Vec<Atom>, Ato
 }
 
 /// Stage atoms and merge them with `hart_merge_stage()` in one transaction, as the backend
-/// does. Returns (created, existing, claimed).
+/// does. Returns (created, existing, claimed). On error the transaction is rolled back.
 pub async fn merge_atoms(
-    c: &mut Client,
+    c: &Client,
     atoms: &[&Atom],
     is_public: bool,
 ) -> Result<(i64, i64, i64), tokio_postgres::Error> {
-    let tx = c.transaction().await?;
-    tx.execute("SELECT hart_stage()", &[]).await?;
+    c.batch_execute("BEGIN").await?;
+    let result = async {
+        let out = stage_and_merge(c, atoms, is_public).await?;
+        c.batch_execute("COMMIT").await?;
+        Ok(out)
+    }
+    .await;
+    if result.is_err() {
+        // The connection may be gone (that is one of the errors being reported).
+        let _ = c.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+/// Stage and merge inside the caller's open transaction.
+pub async fn stage_and_merge(
+    c: &Client,
+    atoms: &[&Atom],
+    is_public: bool,
+) -> Result<(i64, i64, i64), tokio_postgres::Error> {
+    c.execute("SELECT hart_stage()", &[]).await?;
     let xy: Vec<i64> = atoms.iter().map(|a| a.k().0).collect();
     let yz: Vec<i64> = atoms.iter().map(|a| a.k().1).collect();
     let zm: Vec<i64> = atoms.iter().map(|a| a.k().2).collect();
@@ -275,7 +294,7 @@ pub async fn merge_atoms(
     let value: Vec<Option<Vec<u8>>> = atoms.iter().map(|a| a.value.clone()).collect();
     let modality: Vec<i16> = atoms.iter().map(|a| i16::from(a.modality.as_u8())).collect();
     let hash: Vec<Vec<u8>> = atoms.iter().map(|a| a.hash.0.to_vec()).collect();
-    tx.execute(
+    c.execute(
         "INSERT INTO hart_stage (h_xy, h_yz, h_zm, geom, value, modality, content_hash, is_public)
          SELECT x, y, z, ST_GeomFromEWKB(g), v, m, h, $8
          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[], $5::bytea[],
@@ -283,10 +302,8 @@ pub async fn merge_atoms(
         &[&xy, &yz, &zm, &geom, &value, &modality, &hash, &is_public],
     )
     .await?;
-    let r = tx.query_one("SELECT * FROM hart_merge_stage()", &[]).await?;
-    let out = (r.get(0), r.get(1), r.get(2));
-    tx.commit().await?;
-    Ok(out)
+    let r = c.query_one("SELECT * FROM hart_merge_stage()", &[]).await?;
+    Ok((r.get(0), r.get(1), r.get(2)))
 }
 
 /// The content hashes (hex) among `atoms` that the connection's role can read.
@@ -311,4 +328,30 @@ pub fn hexes(atoms: &[&Atom]) -> Vec<String> {
     let mut v: Vec<String> = atoms.iter().map(|a| a.hash.to_hex()).collect();
     v.sort();
     v
+}
+
+/// Atoms whose stored `ref_count` differs from a recount from scratch: the number of distinct
+/// stored composites having the atom among their vertices, plus the live objects rooted at it.
+/// Needs a role that sees every atom (the superuser).
+pub async fn refcount_mismatches(c: &Client) -> i64 {
+    c.query_one(
+        "WITH edges AS (
+             SELECT DISTINCT p.h_xy AS p_xy, p.h_yz AS p_yz, p.h_zm AS p_zm, k.h_xy, k.h_yz, k.h_zm
+             FROM atoms p
+             CROSS JOIN LATERAL ST_DumpPoints(ST_GeometryN(p.geom, 2)) v
+             CROSS JOIN LATERAL hart_key_of_point(p.modality, v.geom) k
+             WHERE p.value IS NULL),
+         refs AS (
+             SELECT h_xy, h_yz, h_zm FROM edges
+             UNION ALL
+             SELECT root_h_xy, root_h_yz, root_h_zm FROM objects WHERE deleted_at IS NULL),
+         recount AS (SELECT h_xy, h_yz, h_zm, count(*) AS n FROM refs GROUP BY 1, 2, 3)
+         SELECT count(*) FROM atoms a
+         LEFT JOIN recount r ON (r.h_xy, r.h_yz, r.h_zm) = (a.h_xy, a.h_yz, a.h_zm)
+         WHERE a.ref_count <> coalesce(r.n, 0)",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }
