@@ -70,6 +70,52 @@ pub struct OpenOptions {
     pub sync_every_commit: bool,
 }
 
+/// The writer's cache of atoms recently put or found: a small direct-mapped table (the tokens
+/// of a text repeat constantly) in front of a two-generation map. Only live atoms are cached;
+/// `gc`, the only way an atom dies, clears it (and runs with no session open).
+struct HotCache {
+    direct: Vec<(Hash, u64)>,
+    map: hart_store::BoundedMap<Hash, u64>,
+}
+
+const DIRECT_SLOTS: usize = 1 << 14;
+
+impl HotCache {
+    fn new() -> Self {
+        HotCache {
+            direct: vec![(Hash([0xff; 32]), u64::MAX); DIRECT_SLOTS],
+            map: hart_store::BoundedMap::new(HOT_CACHE),
+        }
+    }
+
+    #[inline]
+    fn slot(hash: &Hash) -> usize {
+        (hash.prefix_u64() as usize) & (DIRECT_SLOTS - 1)
+    }
+
+    #[inline]
+    fn get(&mut self, hash: &Hash) -> Option<u64> {
+        let (h, o) = self.direct[Self::slot(hash)];
+        if h == *hash && o != u64::MAX {
+            return Some(o);
+        }
+        let o = self.map.get_promote(hash)?;
+        self.direct[Self::slot(hash)] = (*hash, o);
+        Some(o)
+    }
+
+    #[inline]
+    fn insert(&mut self, hash: Hash, o: u64) {
+        self.direct[Self::slot(&hash)] = (hash, o);
+        self.map.insert(hash, o);
+    }
+
+    fn clear(&mut self) {
+        self.direct.fill((Hash([0xff; 32]), u64::MAX));
+        self.map.clear();
+    }
+}
+
 /// The embedded store.
 pub struct EmbeddedStore {
     dir: PathBuf,
@@ -103,7 +149,7 @@ struct Inner {
     pending_delete: Vec<PathBuf>,
     /// Recently put or found atoms, across sessions: a file's vocabulary is mostly the
     /// previous file's, and this spares a trip to the index runs for each of its atoms.
-    hot: hart_store::BoundedMap<Hash, u64>,
+    hot: HotCache,
 }
 
 enum Probe {
@@ -443,10 +489,8 @@ impl Inner {
 
     /// Offset of a live atom by hash, through the writer's cache.
     fn resolve(&mut self, hash: &Hash) -> Result<Option<u64>, StoreError> {
-        if let Some(o) = self.hot.get_promote(hash) {
-            if !self.d.state.is_dead(o) {
-                return Ok(Some(o));
-            }
+        if let Some(o) = self.hot.get(hash) {
+            return Ok(Some(o));
         }
         let found = self.find_hash(hash)?;
         if let Some(o) = found {
@@ -701,7 +745,7 @@ impl EmbeddedStore {
             checkpointed_at: manifest.log.global(),
             manifest,
             poisoned: None,
-            hot: hart_store::BoundedMap::new(HOT_CACHE),
+            hot: HotCache::new(),
             pending_delete: Vec::new(),
         };
         // Replay everything after the checkpoint.
@@ -863,7 +907,7 @@ impl Session for EmbeddedSession<'_> {
         let inner = &mut *guard;
         inner.check()?;
         for op in &batch.ops {
-            if inner.hot.get_promote(&op.hash).is_some_and(|o| !inner.d.state.is_dead(o)) {
+            if inner.hot.get(&op.hash).is_some() {
                 continue;
             }
             // Positions carry their hash's first eight bytes in their low bits; that is what
@@ -1143,6 +1187,8 @@ impl Store for EmbeddedStore {
         let mut guard = self.inner.write().expect("lock");
         let inner = &mut *guard;
         inner.check()?;
+        // Cached offsets are trusted to be live; some are about to die.
+        inner.hot.clear();
         let mut queue = inner.d.state.garbage();
         let mut removed = Vec::new();
         let mut report = GcReport::default();
