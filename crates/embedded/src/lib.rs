@@ -466,11 +466,11 @@ impl Inner {
         Ok(Probe::New)
     }
 
-    /// Log offset of the live atom with this Hilbert key.
-    fn find_key(&self, key: &HilbertKey) -> Result<Option<u64>, StoreError> {
+    /// Log offset and hash of the live atom with this Hilbert key.
+    fn find_key(&self, key: &HilbertKey) -> Result<Option<(u64, Option<Hash>)>, StoreError> {
         if let Some(&o) = self.d.kmem.get(key) {
             if !self.d.state.is_dead(o) {
-                return Ok(Some(o));
+                return Ok(Some((o, None)));
             }
         }
         let mut cand = Vec::new();
@@ -479,9 +479,9 @@ impl Inner {
             if self.d.state.is_dead(o) {
                 continue;
             }
-            let (m, _, p, _) = self.identity(o)?;
+            let (m, h, p, _) = self.identity(o)?;
             if HilbertKey::new(m, &p) == *key {
-                return Ok(Some(o));
+                return Ok(Some((o, Some(h))));
             }
         }
         Ok(None)
@@ -499,12 +499,24 @@ impl Inner {
         Ok(found)
     }
 
-    fn record(&self, off: u64) -> Result<AtomRecord, StoreError> {
-        let (modality, hash, position, kind) = self.identity(off)?;
-        let (value, children) = match self.rec(off)?.0 {
-            Rec::Leaf { value, .. } => (Some(value.to_vec()), Vec::new()),
-            Rec::Node { children, .. } => (None, children.map(|c| self.hash_at(c)).collect::<Result<Vec<_>, _>>()?),
-            _ => unreachable!("identity checked the kind"),
+    /// The record of the atom at `off`; `known` is its hash when the caller has it already
+    /// (a leaf's hash is then not derived again).
+    fn record(&self, off: u64, known: Option<&Hash>) -> Result<AtomRecord, StoreError> {
+        let bad = |e: hart_core::UnknownModality| corrupt(&self.dir, off, e.to_string());
+        let (modality, hash, position, kind, value, children) = match self.rec(off)?.0 {
+            Rec::Leaf { modality, value } => {
+                let m = Modality::from_u8(modality).map_err(bad)?;
+                let (h, p) = match known {
+                    Some(h) => (*h, hart_core::features::leaf_position(m, value, h)),
+                    None => leaf_identity(m, value),
+                };
+                (m, h, p, AtomKind::Leaf, Some(value.to_vec()), Vec::new())
+            }
+            Rec::Node { modality, hash, pos, children } => {
+                let kids = children.map(|c| self.hash_at(c)).collect::<Result<Vec<_>, _>>()?;
+                (Modality::from_u8(modality).map_err(bad)?, hash, pos, AtomKind::Node, None, kids)
+            }
+            _ => return Err(corrupt(&self.dir, off, "offset does not hold an atom")),
         };
         Ok(AtomRecord {
             hash,
@@ -516,6 +528,25 @@ impl Inner {
             key: HilbertKey::new(modality, &position),
             ref_count: u64::from(self.d.state.refcount(off)),
         })
+    }
+
+    /// Log offset of the live atom with this hash, for queries: through the mapped runs and
+    /// their own blooms (fast), where the writer's ingest path reads runs with positioned
+    /// reads to keep its memory flat.
+    fn find_hash_mapped(&self, hash: &Hash) -> Result<Option<u64>, StoreError> {
+        if let Some(&o) = self.d.hmem.get(hash) {
+            if !self.d.state.is_dead(o) {
+                return Ok(Some(o));
+            }
+        }
+        let mut cand = Vec::new();
+        self.hruns.find(hash.0[..16].try_into().expect("16"), &mut cand);
+        for o in cand {
+            if !self.d.state.is_dead(o) && self.hash_at(o)? == *hash {
+                return Ok(Some(o));
+            }
+        }
+        Ok(None)
     }
 
     /// Append a record built by `encode` (which receives the record's offset) and return the
@@ -1080,8 +1111,8 @@ impl Store for EmbeddedStore {
 
     fn get(&self, hash: &Hash) -> Result<Option<AtomRecord>, StoreError> {
         let inner = self.inner.read().expect("lock");
-        match inner.find_hash(hash)? {
-            Some(o) => Ok(Some(inner.record(o)?)),
+        match inner.find_hash_mapped(hash)? {
+            Some(o) => Ok(Some(inner.record(o, Some(hash))?)),
             None => Ok(None),
         }
     }
@@ -1089,7 +1120,7 @@ impl Store for EmbeddedStore {
     fn get_by_key(&self, key: &HilbertKey) -> Result<Option<AtomRecord>, StoreError> {
         let inner = self.inner.read().expect("lock");
         match inner.find_key(key)? {
-            Some(o) => Ok(Some(inner.record(o)?)),
+            Some((o, h)) => Ok(Some(inner.record(o, h.as_ref())?)),
             None => Ok(None),
         }
     }
@@ -1395,7 +1426,7 @@ fn fsck(inner: &Inner, progress: &dyn Fn(u64, u64)) -> Result<FsckReport, StoreE
         if inner.find_hash(&hash)? != Some(off) {
             problem(&mut r, format!("atom at {off} ({hash}) is not found by its hash"));
         }
-        if inner.find_key(&HilbertKey::new(m, &pos))? != Some(off) {
+        if inner.find_key(&HilbertKey::new(m, &pos))?.map(|(o, _)| o) != Some(off) {
             problem(&mut r, format!("atom at {off} ({hash}) is not found by its Hilbert key"));
         }
     }
