@@ -6,14 +6,16 @@
 //! on the fly. Connection strings are parsed only by [`config`]; retries happen only through
 //! [`retry::RetryPolicy`].
 //!
-//! The storage interface (`hart-store`) implementation on top of this schema comes next.
+//! [`PgStore`] implements the storage interface (`hart-store`) on top of this schema.
 
 pub mod config;
 pub mod error;
 pub mod migrate;
 pub mod pool;
 pub mod retry;
+pub mod store;
 
 pub use config::{ConfigError, ConnectionSettings, PoolSettings, Secret, SslMode};
 pub use migrate::{migrate, migrate_to, MigrateError, MigrationReport, MIGRATIONS};
 pub use retry::{RetryPolicy, Transient, TransientCause};
+pub use store::PgStore;

@@ -1,0 +1,1126 @@
+//! [`PgStore`]: the storage interface (`hart_store::Store`) over the PostgreSQL schema.
+//!
+//! The interface is synchronous; the store holds a tokio runtime and a connection pool and
+//! blocks on each call. Writes go through the schema's SQL functions only (hart_stage,
+//! hart_merge_stage, hart_register_object, hart_delete_object), so reference counts and
+//! access rules are the database's, whoever writes.
+//!
+//! Concurrency with `gc`: every ingestion session holds a shared advisory lock on its own
+//! connection from `begin` to `commit`/`abort`; `gc` takes the same lock exclusively. So gc
+//! waits for ingestions in flight (whose atoms are unreferenced until their commit) and
+//! ingestions wait for a gc in progress, in this process or any other.
+
+use std::io::Write;
+
+use deadpool_postgres::{Object, Pool};
+use hart_core::atom::leaf_hash;
+use hart_core::geom::{decode_ewkb, ewkb};
+use hart_core::{AtomKind, Hash, HilbertKey, Modality, Position, LEAF_MAX};
+use hart_store::{
+    AtomRecord, Batch, BoundedMap, FsckReport, GcReport, ModalityStats, ObjectInfo, ObjectSummary, Session,
+    SourceInfo, Stats, Status, Store, StoreError,
+};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use crate::error::describe;
+use crate::retry::{RetryPolicy, Transient, TransientCause};
+use crate::ConnectionSettings;
+
+/// The advisory lock key shared by ingestion sessions and taken exclusively by gc.
+const GC_LOCK: i64 = 0x4841_5254_4743; // "HARTGC"
+
+/// Atoms resolved per query when walking a tree (cat, fsck).
+const CAT_BATCH: usize = 8192;
+
+/// An error on the way to the database: the driver's, or the pool's.
+#[derive(Debug)]
+enum DbError {
+    Pg(tokio_postgres::Error),
+    Pool(deadpool_postgres::PoolError),
+    Store(StoreError),
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        DbError::Pg(e)
+    }
+}
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        DbError::Pool(e)
+    }
+}
+impl From<StoreError> for DbError {
+    fn from(e: StoreError) -> Self {
+        DbError::Store(e)
+    }
+}
+
+impl Transient for DbError {
+    fn transient_cause(&self) -> Option<TransientCause> {
+        match self {
+            DbError::Pg(e) => e.transient_cause(),
+            DbError::Pool(e) => e.transient_cause(),
+            DbError::Store(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbError::Pg(e) => f.write_str(&describe(e)),
+            DbError::Pool(e) => write!(f, "connection pool: {e}"),
+            DbError::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<DbError> for StoreError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Store(e) => e,
+            DbError::Pg(ref pg) => match pg.code().map(|c| c.code()) {
+                Some("HT002") => StoreError::Invalid(e.to_string()),
+                Some("22023") | Some("23514") => StoreError::Invalid(e.to_string()),
+                _ => StoreError::Backend(format!("PostgreSQL: {e}")),
+            },
+            DbError::Pool(_) => StoreError::Backend(format!("PostgreSQL: {e}")),
+        }
+    }
+}
+
+type DbResult<T> = Result<T, DbError>;
+
+/// The storage interface over a PostgreSQL database migrated to the latest schema.
+pub struct PgStore {
+    rt: tokio::runtime::Runtime,
+    pool: Pool,
+    retry: RetryPolicy,
+    settings: ConnectionSettings,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("database", &self.settings.to_string()).finish()
+    }
+}
+
+fn backend(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("{what}: {e}"))
+}
+
+impl PgStore {
+    /// Connect to a database that `hart db migrate` (or [`PgStore::migrate`]) has prepared.
+    /// Fails, saying what to do, when the schema is missing or older than this build.
+    pub fn connect(settings: &ConnectionSettings) -> Result<PgStore, StoreError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| backend("starting the database runtime", e))?;
+        let pool = build_pool(settings)?;
+        let store = PgStore { rt, pool, retry: RetryPolicy::default(), settings: settings.clone() };
+        let latest = crate::migrate::latest_version();
+        let version: i32 = store.run("schema version", |c| async move {
+            let r = c
+                .query_opt(
+                    "SELECT coalesce(max(version), 0) FROM schema_migrations",
+                    &[],
+                )
+                .await;
+            match r {
+                Ok(row) => Ok(row.map_or(0, |r| r.get::<_, i32>(0))),
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(0),
+                Err(e) => Err(e.into()),
+            }
+        })?;
+        if version < latest {
+            return Err(StoreError::Backend(format!(
+                "the database {} has schema version {version}, this build needs {latest}: run `hart db migrate`",
+                store.settings
+            )));
+        }
+        Ok(store)
+    }
+
+    /// Apply every pending migration, then connect.
+    pub fn migrate_and_connect(settings: &ConnectionSettings) -> Result<PgStore, StoreError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| backend("starting the database runtime", e))?;
+        rt.block_on(async {
+            let (mut client, conn) = settings
+                .to_pg_config()
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| backend(&format!("connecting to {settings}"), describe(&e)))?;
+            let task = tokio::spawn(conn);
+            crate::migrate::migrate(&mut client).await.map_err(|e| backend("migrating", e))?;
+            drop(client);
+            let _ = task.await;
+            Ok::<_, StoreError>(())
+        })?;
+        drop(rt);
+        PgStore::connect(settings)
+    }
+
+    /// Run `op` on a pooled connection, retrying transient failures.
+    fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(Object) -> Fut,
+        Fut: std::future::Future<Output = DbResult<T>>,
+    {
+        let pool = &self.pool;
+        self.rt
+            .block_on(self.retry.run(what, |_| async {
+                let c = pool.get().await?;
+                op(c).await
+            }))
+            .map_err(StoreError::from)
+    }
+}
+
+fn build_pool(settings: &ConnectionSettings) -> Result<Pool, StoreError> {
+    if settings.ssl_mode.requires_tls() {
+        return Err(StoreError::Backend(format!(
+            "sslmode={} needs TLS, which this build does not include yet; use sslmode=disable or prefer on a trusted network",
+            settings.ssl_mode.as_str()
+        )));
+    }
+    let mut cfg = settings.to_pg_config();
+    // JIT makes the merge and reconstruction plans over 256 partitions several times slower.
+    let options = match cfg.get_options() {
+        Some(o) => format!("{o} -c jit=off"),
+        None => "-c jit=off".to_string(),
+    };
+    cfg.options(options);
+    let mgr = deadpool_postgres::Manager::from_config(
+        cfg,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
+    );
+    let mut timeouts = deadpool_postgres::Timeouts::new();
+    timeouts.wait = Some(settings.pool.acquire_timeout);
+    timeouts.create = Some(settings.connect_timeout);
+    timeouts.recycle = Some(settings.connect_timeout);
+    Pool::builder(mgr)
+        .max_size(settings.pool.max.max(2))
+        .timeouts(timeouts)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| backend("building the connection pool", e))
+}
+
+fn key_params(keys: &[HilbertKey]) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
+    (
+        keys.iter().map(|k| k.h_xy as i64).collect(),
+        keys.iter().map(|k| k.h_yz as i64).collect(),
+        keys.iter().map(|k| k.h_zm as i64).collect(),
+    )
+}
+
+fn hash_of(bytes: &[u8]) -> Result<Hash, StoreError> {
+    let a: [u8; 32] =
+        bytes.try_into().map_err(|_| StoreError::Backend(format!("content hash of {} bytes", bytes.len())))?;
+    Ok(Hash(a))
+}
+
+fn modality_of(m: i16) -> Result<Modality, StoreError> {
+    u8::try_from(m)
+        .ok()
+        .and_then(|b| Modality::from_u8(b).ok())
+        .ok_or_else(|| StoreError::Backend(format!("unknown modality {m} in the database")))
+}
+
+fn geom_of(bytes: &[u8]) -> Result<(Position, Vec<Position>), StoreError> {
+    decode_ewkb(bytes).map_err(|e| StoreError::Backend(format!("atom geometry: {e}")))
+}
+
+/// Rows in the order of `keys` (unnest WITH ORDINALITY): (ordinal from 1, value, geometry,
+/// content hash, modality), only for the keys found.
+const BY_KEYS: &str = "SELECT u.i, a.value, ST_AsEWKB(a.geom), a.content_hash, a.modality
+    FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS u(x, y, z, i)
+    CROSS JOIN LATERAL (SELECT a.value, a.geom, a.content_hash, a.modality FROM atoms a
+                        WHERE a.h_xy = u.x AND a.h_yz = u.y AND a.h_zm = u.z LIMIT 1) a";
+
+const ATOM_COLS: &str =
+    "a.modality, a.value, ST_AsEWKB(a.geom), a.content_hash, a.ref_count FROM atoms a";
+
+async fn record(c: &Object, row: &Row) -> DbResult<AtomRecord> {
+    let modality = modality_of(row.get(0))?;
+    let value: Option<Vec<u8>> = row.get(1);
+    let g: Vec<u8> = row.get(2);
+    let (pos, kid_pos) = geom_of(&g)?;
+    let hash = hash_of(row.get(3))?;
+    let ref_count: i64 = row.get(4);
+    let mut children = Vec::with_capacity(kid_pos.len());
+    if !kid_pos.is_empty() {
+        let keys: Vec<HilbertKey> = kid_pos.iter().map(|p| HilbertKey::new(modality, p)).collect();
+        let (x, y, z) = key_params(&keys);
+        let rows = c.query(BY_KEYS, &[&x, &y, &z]).await?;
+        let mut found: Vec<Option<Hash>> = vec![None; keys.len()];
+        for r in rows {
+            let i: i64 = r.get(0);
+            found[(i - 1) as usize] = Some(hash_of(r.get(3))?);
+        }
+        for (i, h) in found.into_iter().enumerate() {
+            children.push(h.ok_or_else(|| {
+                StoreError::Backend(format!("atom {hash}: child {i} at key {} is missing; run fsck", keys[i]))
+            })?);
+        }
+    }
+    Ok(AtomRecord {
+        hash,
+        modality,
+        kind: if value.is_some() { AtomKind::Leaf } else { AtomKind::Node },
+        value,
+        children,
+        position: pos,
+        key: HilbertKey::new(modality, &pos),
+        ref_count: ref_count.max(0) as u64,
+    })
+}
+
+/// One entry of a tree walk: bytes ready to write, or an atom still to fetch.
+enum Item {
+    Bytes(Vec<u8>),
+    Pending(HilbertKey),
+}
+
+/// Write the leaves under the atom at `root` in order, resolving up to [`CAT_BATCH`] atoms
+/// per query from the front of the walk: memory stays bounded by depth × fan-out × batch.
+async fn walk(c: &Object, root: HilbertKey, out: &mut dyn Write) -> DbResult<u64> {
+    let mut queue: std::collections::VecDeque<Item> = std::collections::VecDeque::new();
+    queue.push_back(Item::Pending(root));
+    let mut written = 0u64;
+    let stmt = c.prepare(BY_KEYS).await?;
+    let mut depth_guard = 0u64;
+    loop {
+        while let Some(Item::Bytes(_)) = queue.front() {
+            if let Some(Item::Bytes(b)) = queue.pop_front() {
+                out.write_all(&b).map_err(|e| StoreError::io("write", "output", e))?;
+                written += b.len() as u64;
+            }
+        }
+        if queue.is_empty() {
+            return Ok(written);
+        }
+        depth_guard += 1;
+        if depth_guard > 1 << 40 {
+            return Err(StoreError::Backend("tree walk does not terminate (a cycle?)".into()).into());
+        }
+        // Resolve the pending atoms among the first CAT_BATCH entries.
+        let n = queue.len().min(CAT_BATCH);
+        let mut idx = Vec::new();
+        let mut keys = Vec::new();
+        for (i, it) in queue.iter().take(n).enumerate() {
+            if let Item::Pending(k) = it {
+                idx.push(i);
+                keys.push(*k);
+            }
+        }
+        let (x, y, z) = key_params(&keys);
+        let rows = c.query(&stmt, &[&x, &y, &z]).await?;
+        let mut got: Vec<Option<(Option<Vec<u8>>, Vec<u8>, i16)>> = vec![None; keys.len()];
+        for r in rows {
+            let i: i64 = r.get(0);
+            got[(i - 1) as usize] = Some((r.get(1), r.get(2), r.get(4)));
+        }
+        // Rebuild the front of the queue with leaves as bytes and composites expanded.
+        let rest = queue.split_off(n);
+        let front = std::mem::take(&mut queue);
+        let mut j = 0;
+        for (i, it) in front.into_iter().enumerate() {
+            match it {
+                Item::Bytes(b) => queue.push_back(Item::Bytes(b)),
+                Item::Pending(k) => {
+                    debug_assert_eq!(idx[j], i);
+                    let Some((value, g, m)) = got[j].take() else {
+                        return Err(StoreError::Backend(format!(
+                            "atom at key {k} is missing from the database; run `hart fsck`"
+                        ))
+                        .into());
+                    };
+                    j += 1;
+                    match value {
+                        Some(v) => queue.push_back(Item::Bytes(v)),
+                        None => {
+                            let modality = modality_of(m)?;
+                            let (_, kids) = geom_of(&g)?;
+                            for p in kids {
+                                queue.push_back(Item::Pending(HilbertKey::new(modality, &p)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        queue.extend(rest);
+    }
+}
+
+async fn key_of_hash(c: &Object, hash: &Hash) -> DbResult<Option<HilbertKey>> {
+    let row = c
+        .query_opt(
+            "SELECT a.h_xy, a.h_yz, a.h_zm FROM atoms a WHERE a.content_hash = $1 LIMIT 1",
+            &[&hash.0.as_slice()],
+        )
+        .await?;
+    Ok(row.map(|r| HilbertKey {
+        h_xy: r.get::<_, i64>(0) as u64,
+        h_yz: r.get::<_, i64>(1) as u64,
+        h_zm: r.get::<_, i64>(2) as u64,
+    }))
+}
+
+fn ms(t: Option<f64>) -> Option<u64> {
+    t.map(|v| v.max(0.0) as u64)
+}
+
+const OBJECTS: &str = "SELECT l.id, l.source_uri, l.modality, l.status, l.root_hash, l.source_hash, l.bytes,
+        l.atoms_created, l.atoms_referenced, l.atoms_skipped,
+        floor(extract(epoch FROM l.started_at) * 1000)::float8,
+        floor(extract(epoch FROM l.completed_at) * 1000)::float8,
+        l.error, o.id, r.ingestion_id IS NOT NULL
+    FROM ingestion_log l
+    LEFT JOIN objects o ON o.ingestion_id = l.id
+    LEFT JOIN ingestion_removed r ON r.ingestion_id = l.id";
+
+/// An ingestion as the interface shows it, and its object id in `objects` if it has one.
+fn object_info(r: &Row) -> Result<(ObjectInfo, Option<i64>), StoreError> {
+    let log_status: &str = r.get(3);
+    let object: Option<i64> = r.get(13);
+    let removed: bool = r.get(14);
+    let status = match (removed, log_status) {
+        (true, _) => Status::Deleted,
+        (false, "completed") if object.is_some() => Status::Completed,
+        (false, "completed") => Status::Unchanged,
+        (false, "failed") => Status::Failed,
+        (false, "pending") => Status::Pending,
+        _ => Status::Running,
+    };
+    let opt_hash = |i: usize| -> Result<Option<Hash>, StoreError> {
+        r.get::<_, Option<&[u8]>>(i).map(hash_of).transpose()
+    };
+    let m: Option<i16> = r.get(2);
+    Ok((
+        ObjectInfo {
+            id: r.get::<_, i64>(0) as u64,
+            uri: r.get(1),
+            modality: modality_of(m.unwrap_or(0))?,
+            status,
+            root: opt_hash(4)?,
+            source_hash: opt_hash(5)?,
+            size: r.get::<_, i64>(6) as u64,
+            atoms_created: r.get::<_, i64>(7) as u64,
+            atoms_referenced: r.get::<_, i64>(8) as u64,
+            atoms_skipped: r.get::<_, i64>(9) as u64,
+            started_at: ms(r.get(10)).unwrap_or(0),
+            completed_at: ms(r.get(11)),
+            error: r.get(12),
+        },
+        object,
+    ))
+}
+
+async fn load_object(c: &Object, id: i64) -> DbResult<Option<(ObjectInfo, Option<i64>)>> {
+    let row = c.query_opt(&format!("{OBJECTS} WHERE l.id = $1"), &[&id]).await?;
+    Ok(row.map(|r| object_info(&r)).transpose()?)
+}
+
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn begin(&self, source: SourceInfo) -> Result<Box<dyn Session + '_>, StoreError> {
+        let conn = self.rt.block_on(self.pool.get()).map_err(|e| StoreError::from(DbError::from(e)))?;
+        let source2 = source.clone();
+        let (id, start) = self
+            .rt
+            .block_on(async {
+                // Held until commit or abort: gc waits for this ingestion (module docs).
+                conn.execute("SELECT pg_advisory_lock_shared($1)", &[&GC_LOCK]).await?;
+                let size = source2.size.unwrap_or(0) as i64;
+                let row = conn
+                    .query_one(
+                        "INSERT INTO ingestion_log (source_uri, modality, bytes, status)
+                         VALUES ($1, $2, $3, 'running') RETURNING id, started_at",
+                        &[&source2.uri, &i16::from(source2.modality.as_u8()), &size],
+                    )
+                    .await?;
+                Ok::<_, DbError>((row.get::<_, i64>(0), row.get::<_, std::time::SystemTime>(1)))
+            })
+            .map_err(StoreError::from)?;
+        Ok(Box::new(PgSession {
+            store: self,
+            conn: Some(conn),
+            id,
+            start,
+            uri: source.uri,
+            positions: BoundedMap::new(1 << 20),
+            created: 0,
+            referenced: 0,
+        }))
+    }
+
+    fn get(&self, hash: &Hash) -> Result<Option<AtomRecord>, StoreError> {
+        let h = hash.0.to_vec();
+        self.run("get", |c| {
+            let h = h.clone();
+            async move {
+                let row =
+                    c.query_opt(&format!("SELECT {ATOM_COLS} WHERE a.content_hash = $1 LIMIT 1"), &[&h]).await?;
+                match row {
+                    Some(r) => Ok(Some(record(&c, &r).await?)),
+                    None => Ok(None),
+                }
+            }
+        })
+    }
+
+    fn get_by_key(&self, key: &HilbertKey) -> Result<Option<AtomRecord>, StoreError> {
+        let (x, y, z) = (key.h_xy as i64, key.h_yz as i64, key.h_zm as i64);
+        self.run("get_by_key", |c| async move {
+            let row = c
+                .query_opt(
+                    &format!("SELECT {ATOM_COLS} WHERE a.h_xy = $1 AND a.h_yz = $2 AND a.h_zm = $3"),
+                    &[&x, &y, &z],
+                )
+                .await?;
+            match row {
+                Some(r) => Ok(Some(record(&c, &r).await?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn find_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<Hash>, StoreError> {
+        let prefix = prefix.to_ascii_lowercase();
+        if prefix.is_empty() || prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::Invalid(format!("{prefix:?} is not a hexadecimal hash prefix")));
+        }
+        // The byte range holding every hash with this prefix: the B-tree on content_hash.
+        let bound = |fill: char| -> Vec<u8> {
+            let mut s = prefix.clone();
+            while s.len() < 64 {
+                s.push(fill);
+            }
+            (0..32).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex")).collect()
+        };
+        let (lo, hi) = (bound('0'), bound('f'));
+        let lim = limit as i64;
+        let rows = self.run("find_prefix", |c| {
+            let (lo, hi) = (lo.clone(), hi.clone());
+            async move {
+                Ok(c.query(
+                    "SELECT DISTINCT a.content_hash FROM atoms a WHERE a.content_hash BETWEEN $1 AND $2
+                     ORDER BY 1 LIMIT $3",
+                    &[&lo, &hi, &lim],
+                )
+                .await?)
+            }
+        })?;
+        rows.iter().map(|r| hash_of(r.get(0))).collect()
+    }
+
+    fn cat(&self, root: &Hash, out: &mut dyn Write) -> Result<u64, StoreError> {
+        let conn = self.rt.block_on(self.pool.get()).map_err(|e| StoreError::from(DbError::from(e)))?;
+        self.rt
+            .block_on(async {
+                let key = key_of_hash(&conn, root)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound { what: "atom", id: root.to_hex() })?;
+                // One snapshot for the whole walk: a concurrent gc cannot pull atoms from under it.
+                conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+                let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut *out);
+                let r = walk(&conn, key, &mut w).await;
+                let _ = conn.batch_execute("COMMIT").await;
+                let n = r?;
+                w.flush().map_err(|e| StoreError::io("write", "output", e))?;
+                Ok::<_, DbError>(n)
+            })
+            .map_err(StoreError::from)
+    }
+
+    fn objects(&self) -> Result<Vec<ObjectInfo>, StoreError> {
+        let rows = self.run("objects", |c| async move { Ok(c.query(&format!("{OBJECTS} ORDER BY l.id"), &[]).await?) })?;
+        rows.iter().map(|r| object_info(r).map(|(o, _)| o)).collect()
+    }
+
+    fn delete_object(&self, id: u64) -> Result<ObjectInfo, StoreError> {
+        let Ok(id) = i64::try_from(id) else {
+            return Err(StoreError::NotFound { what: "object", id: id.to_string() });
+        };
+        self.run("delete_object", |c| async move {
+            let Some((info, object)) = load_object(&c, id).await? else {
+                return Err(StoreError::NotFound { what: "object", id: id.to_string() }.into());
+            };
+            match info.status {
+                Status::Deleted => {
+                    return Err(StoreError::NotFound {
+                        what: "live object",
+                        id: format!("#{id} (it was already removed)"),
+                    }
+                    .into())
+                }
+                Status::Completed | Status::Unchanged | Status::Failed => {}
+                s => {
+                    return Err(StoreError::Invalid(format!(
+                        "object {id} is {s:?}; only completed, unchanged or failed objects can be removed"
+                    ))
+                    .into())
+                }
+            }
+            c.batch_execute("BEGIN").await?;
+            let r = async {
+                if let (Status::Completed, Some(o)) = (info.status, object) {
+                    c.execute("SELECT hart_delete_object($1)", &[&o]).await?;
+                }
+                c.execute("INSERT INTO ingestion_removed (ingestion_id) VALUES ($1)", &[&id]).await?;
+                c.batch_execute("COMMIT").await?;
+                Ok::<_, DbError>(())
+            }
+            .await;
+            if r.is_err() {
+                let _ = c.batch_execute("ROLLBACK").await;
+            }
+            r?;
+            Ok(load_object(&c, id).await?.expect("just removed").0)
+        })
+    }
+
+    fn gc(&self) -> Result<GcReport, StoreError> {
+        self.run("gc", |c| async move {
+            // Wait (at most a minute) for ingestions in flight, and keep new ones out.
+            c.batch_execute("SET lock_timeout = '60s'").await?;
+            let locked = c.execute("SELECT pg_advisory_lock($1)", &[&GC_LOCK]).await;
+            let _ = c.batch_execute("RESET lock_timeout").await;
+            if let Err(e) = locked {
+                if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                    return Err(StoreError::Backend(
+                        "gc waited a minute for ingestions in progress to finish; run it again when they are done"
+                            .into(),
+                    )
+                    .into());
+                }
+                return Err(e.into());
+            }
+            let r = gc_rounds(&c).await;
+            let _ = c.execute("SELECT pg_advisory_unlock($1)", &[&GC_LOCK]).await;
+            r
+        })
+    }
+
+    fn fsck(&self, progress: &dyn Fn(u64, u64)) -> Result<FsckReport, StoreError> {
+        let conn = self.rt.block_on(self.pool.get()).map_err(|e| StoreError::from(DbError::from(e)))?;
+        self.rt.block_on(fsck(&conn, progress)).map_err(StoreError::from)
+    }
+
+    fn stats(&self) -> Result<Stats, StoreError> {
+        let (per, objs, other) = self.run("stats", |c| async move {
+            let per = c
+                .query(
+                    "SELECT modality, count(*) FILTER (WHERE value IS NOT NULL), count(*) FILTER (WHERE value IS NULL),
+                            coalesce(sum(octet_length(value)), 0)::bigint
+                     FROM atoms GROUP BY modality ORDER BY modality",
+                    &[],
+                )
+                .await?;
+            let objs = c
+                .query_one(
+                    "SELECT count(*), coalesce(sum(l.bytes), 0)::bigint FROM objects o
+                     JOIN ingestion_log l ON l.id = o.ingestion_id
+                     WHERE o.deleted_at IS NULL
+                       AND NOT EXISTS (SELECT FROM ingestion_removed r WHERE r.ingestion_id = l.id)",
+                    &[],
+                )
+                .await?;
+            let other = c
+                .query_one(
+                    "SELECT (SELECT count(*) FROM atoms WHERE ref_count = 0), pg_database_size(current_database())",
+                    &[],
+                )
+                .await?;
+            Ok((per, objs, other))
+        })?;
+        let mut s = Stats { backend: "postgres".into(), ..Stats::default() };
+        for r in per {
+            let m = modality_of(r.get(0))?;
+            let ms = ModalityStats {
+                leaves: r.get::<_, i64>(1) as u64,
+                composites: r.get::<_, i64>(2) as u64,
+                leaf_bytes: r.get::<_, i64>(3) as u64,
+            };
+            s.atoms += ms.leaves + ms.composites;
+            s.unique_bytes += ms.leaf_bytes;
+            s.per_modality.insert(m.name().to_string(), ms);
+        }
+        s.objects = objs.get::<_, i64>(0) as u64;
+        s.logical_bytes = objs.get::<_, i64>(1) as u64;
+        s.dedup_ratio = if s.unique_bytes == 0 { 1.0 } else { s.logical_bytes as f64 / s.unique_bytes as f64 };
+        s.garbage_atoms = other.get::<_, i64>(0) as u64;
+        s.stored_bytes = other.get::<_, i64>(1) as u64;
+        Ok(s)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // Every call commits its own transaction: what returned is durable.
+        Ok(())
+    }
+}
+
+/// Delete atoms at reference count zero and release what they referenced, round after round,
+/// in one transaction (under the gc advisory lock, so no ingestion is in flight).
+async fn gc_rounds(c: &Object) -> DbResult<GcReport> {
+    c.batch_execute("BEGIN").await?;
+    let r = async {
+        let mut report = GcReport::default();
+        loop {
+            let row = c
+                .query_one(
+                    "WITH dead AS (
+                         DELETE FROM atoms a WHERE a.ref_count = 0
+                         RETURNING a.modality, a.geom, a.value),
+                     kids AS (
+                         -- A parent holds one reference per distinct child (hart_merge_stage).
+                         SELECT DISTINCT d.modality, ST_AsEWKB(ST_GeometryN(d.geom, 1)) AS parent, v.geom AS pt
+                         FROM dead d CROSS JOIN LATERAL ST_DumpPoints(ST_GeometryN(d.geom, 2)) v
+                         WHERE d.value IS NULL),
+                     counts AS (
+                         SELECT hart_xy_of_point(modality, pt) AS h_xy, pt, count(*) AS n
+                         FROM kids GROUP BY modality, pt),
+                     upd AS (
+                         UPDATE atoms a SET ref_count = a.ref_count - c.n
+                         FROM counts c WHERE a.h_xy = c.h_xy AND a.pt = c.pt
+                         RETURNING 1)
+                     SELECT (SELECT count(*) FROM dead),
+                            (SELECT coalesce(sum(coalesce(octet_length(value), 0) + ST_MemSize(geom)), 0)::bigint FROM dead),
+                            (SELECT count(*) FROM upd)",
+                    &[],
+                )
+                .await?;
+            let removed: i64 = row.get(0);
+            if removed == 0 {
+                break;
+            }
+            report.atoms_removed += removed as u64;
+            report.bytes_removed += row.get::<_, i64>(1) as u64;
+        }
+        c.batch_execute("COMMIT").await?;
+        Ok::<_, DbError>(report)
+    }
+    .await;
+    if r.is_err() {
+        let _ = c.batch_execute("ROLLBACK").await;
+    }
+    r
+}
+
+/// A writer that hashes what goes through it.
+struct HashingWriter(blake3::Hasher, u64);
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        self.1 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn fsck(c: &Object, progress: &dyn Fn(u64, u64)) -> DbResult<FsckReport> {
+    let mut report = FsckReport::default();
+    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    let r = async {
+        // References recounted from scratch: one per distinct child of each composite, one per
+        // live object on its root.
+        let rows = c
+            .query(
+                "WITH edges AS (
+                     SELECT DISTINCT p.h_xy AS p_xy, p.h_yz AS p_yz, p.h_zm AS p_zm, k.h_xy, k.h_yz, k.h_zm
+                     FROM atoms p
+                     CROSS JOIN LATERAL ST_DumpPoints(ST_GeometryN(p.geom, 2)) v
+                     CROSS JOIN LATERAL hart_key_of_point(p.modality, v.geom) k
+                     WHERE p.value IS NULL),
+                 refs AS (
+                     SELECT h_xy, h_yz, h_zm FROM edges
+                     UNION ALL
+                     SELECT root_h_xy, root_h_yz, root_h_zm FROM objects WHERE deleted_at IS NULL),
+                 recount AS (SELECT h_xy, h_yz, h_zm, count(*) AS n FROM refs GROUP BY 1, 2, 3)
+                 SELECT encode(a.content_hash, 'hex'), a.ref_count, coalesce(r.n, 0), a.content_hash IS NULL
+                 FROM recount r FULL JOIN atoms a ON (r.h_xy, r.h_yz, r.h_zm) = (a.h_xy, a.h_yz, a.h_zm)
+                 WHERE a.h_xy IS NULL OR a.ref_count <> coalesce(r.n, 0)
+                 LIMIT 100",
+                &[],
+            )
+            .await?;
+        for r in rows {
+            if r.get::<_, bool>(3) {
+                report.problems.push(format!("{} reference(s) to an atom that is not stored", r.get::<_, i64>(2)));
+            } else {
+                report.problems.push(format!(
+                    "atom {} has reference count {}, recount {}",
+                    r.get::<_, String>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, i64>(2)
+                ));
+            }
+        }
+        let totals = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM atoms), (SELECT coalesce(sum(ref_count), 0)::bigint FROM atoms)",
+                &[],
+            )
+            .await?;
+        report.atoms_checked = totals.get::<_, i64>(0) as u64;
+        report.references_counted = totals.get::<_, i64>(1) as u64;
+        // Leaves re-hashed from their values.
+        let leaves = c
+            .query("SELECT a.modality, a.value, a.content_hash FROM atoms a WHERE a.value IS NOT NULL", &[])
+            .await?;
+        for r in leaves {
+            let m = modality_of(r.get(0))?;
+            let v: &[u8] = r.get(1);
+            let h = hash_of(r.get(2))?;
+            if v.len() > LEAF_MAX || leaf_hash(m, v) != h {
+                report.problems.push(format!("leaf {h}: its value does not hash to it"));
+            }
+        }
+        // Every completed object rebuilt from geometry and compared with its source hash.
+        let objs = c
+            .query(
+                &format!(
+                    "{OBJECTS} WHERE l.status = 'completed' AND o.id IS NOT NULL AND r.ingestion_id IS NULL ORDER BY l.id"
+                ),
+                &[],
+            )
+            .await?;
+        let n = objs.len() as u64;
+        for (i, row) in objs.iter().enumerate() {
+            progress(i as u64, n);
+            let (info, _) = object_info(row)?;
+            let root = info.root.expect("completed object has a root");
+            let Some(key) = key_of_hash(c, &root).await? else {
+                report.problems.push(format!("object {} ({}): root {root} is not stored", info.id, info.uri));
+                continue;
+            };
+            let mut w = HashingWriter(blake3::Hasher::new(), 0);
+            match walk(c, key, &mut w).await {
+                Ok(_) => {
+                    let got = Hash(*w.0.finalize().as_bytes());
+                    if Some(got) != info.source_hash || w.1 != info.size {
+                        report.problems.push(format!(
+                            "object {} ({}): rebuilt {} bytes hashing to {got}, expected {} bytes hashing to {:?}",
+                            info.id, info.uri, w.1, info.size, info.source_hash
+                        ));
+                    }
+                }
+                Err(e) => report.problems.push(format!("object {} ({}): {e}", info.id, info.uri)),
+            }
+            report.objects_checked += 1;
+            report.bytes_reconstructed += w.1;
+        }
+        progress(n, n);
+        Ok::<_, DbError>(())
+    }
+    .await;
+    let _ = c.batch_execute("COMMIT").await;
+    r?;
+    Ok(report)
+}
+
+/// One ingestion: a connection held from `begin` to `commit`/`abort` (with the shared gc lock).
+struct PgSession<'a> {
+    store: &'a PgStore,
+    conn: Option<Object>,
+    id: i64,
+    /// When the ingestion began: atoms created earlier existed before it.
+    start: std::time::SystemTime,
+    uri: String,
+    /// Positions of atoms this session has put or looked up, and whether they existed before it.
+    positions: BoundedMap<Hash, (Position, bool)>,
+    created: u64,
+    referenced: u64,
+}
+
+/// What a batch stages: the columns of hart_stage.
+#[derive(Default)]
+struct Staged {
+    x: Vec<i64>,
+    y: Vec<i64>,
+    z: Vec<i64>,
+    geom: Vec<Vec<u8>>,
+    value: Vec<Option<Vec<u8>>>,
+    modality: Vec<i16>,
+    hash: Vec<Vec<u8>>,
+}
+
+impl PgSession<'_> {
+    async fn finish(conn: &Object, id: i64, error: &str) -> DbResult<()> {
+        conn.execute(
+            "UPDATE ingestion_log SET status = 'failed', error = $2, completed_at = greatest(now(), started_at)
+             WHERE id = $1 AND status IN ('pending', 'running')",
+            &[&id, &error],
+        )
+        .await?;
+        conn.execute("SELECT pg_advisory_unlock_shared($1)", &[&GC_LOCK]).await?;
+        Ok(())
+    }
+}
+
+impl Session for PgSession<'_> {
+    fn put(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Check what can be checked without the database.
+        for op in &batch.ops {
+            if Position::from_features(op.pos.features(), &op.hash) != op.pos || !op.pos.is_valid() {
+                return Err(StoreError::Invalid(format!(
+                    "atom {} has position {:?}, which does not carry its hash bits",
+                    op.hash, op.pos
+                )));
+            }
+            if op.kind == AtomKind::Leaf && batch.value(op).len() > LEAF_MAX {
+                return Err(StoreError::Invalid(format!(
+                    "leaf {} has {} bytes (at most {})",
+                    op.hash,
+                    batch.value(op).len(),
+                    LEAF_MAX
+                )));
+            }
+        }
+        let store = self.store;
+        let conn = self.conn.as_ref().expect("connection held");
+        let start = self.start;
+        let positions = &mut self.positions;
+        let (created, referenced) = store.rt.block_on(async {
+            // Which atoms of the batch exist already (and since when); collisions.
+            let ops: Vec<_> = batch.ops.iter().filter(|op| positions.get(&op.hash).is_none()).collect();
+            let keys: Vec<HilbertKey> = ops.iter().map(|op| HilbertKey::new(op.modality, &op.pos)).collect();
+            let (x, y, z) = key_params(&keys);
+            let rows = conn
+                .query(
+                    "SELECT u.i, a.content_hash, a.created_at < $4
+                     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS u(x, y, z, i)
+                     CROSS JOIN LATERAL (SELECT a.content_hash, a.created_at FROM atoms a
+                                         WHERE a.h_xy = u.x AND a.h_yz = u.y AND a.h_zm = u.z LIMIT 1) a",
+                    &[&x, &y, &z, &start],
+                )
+                .await?;
+            let mut existing: Vec<Option<bool>> = vec![None; ops.len()];
+            for r in rows {
+                let i = (r.get::<_, i64>(0) - 1) as usize;
+                let h = hash_of(r.get(1))?;
+                if h != ops[i].hash {
+                    return Err(StoreError::Collision {
+                        key: keys[i].to_string(),
+                        existing: h.to_hex(),
+                        new: ops[i].hash.to_hex(),
+                    }
+                    .into());
+                }
+                existing[i] = Some(r.get(2));
+            }
+            // Positions of the batch's atoms, for their parents' geometry.
+            for (i, op) in ops.iter().enumerate() {
+                positions.insert(op.hash, (op.pos, existing[i].unwrap_or(false)));
+            }
+            let mut st = Staged::default();
+            let mut referenced = 0u64;
+            let mut kid_pos = Vec::new();
+            let mut seen_kids = std::collections::HashSet::new();
+            for (i, op) in ops.iter().enumerate() {
+                let value = match op.kind {
+                    AtomKind::Leaf => Some(batch.value(op).to_vec()),
+                    AtomKind::Node => None,
+                };
+                kid_pos.clear();
+                seen_kids.clear();
+                let kids: &[Hash] = if op.kind == AtomKind::Node { batch.children(op) } else { &[] };
+                for h in kids {
+                    let (p, before) = match positions.get_promote(h) {
+                        Some(v) => v,
+                        None => {
+                            let row = conn
+                                .query_opt(
+                                    "SELECT ST_X(a.pt)::bigint, ST_Y(a.pt)::bigint, ST_Z(a.pt)::bigint, ST_M(a.pt)::bigint,
+                                            a.created_at < $2
+                                     FROM atoms a WHERE a.content_hash = $1 LIMIT 1",
+                                    &[&h.0.as_slice(), &start],
+                                )
+                                .await?;
+                            let Some(r) = row else {
+                                return Err(StoreError::Invalid(format!(
+                                    "composite {} names child {h} that was never stored",
+                                    op.hash
+                                ))
+                                .into());
+                            };
+                            let c = |j: usize| r.get::<_, i64>(j) as u32;
+                            let v = (Position::new(c(0), c(1), c(2), c(3)), r.get::<_, bool>(4));
+                            positions.insert(*h, v);
+                            v
+                        }
+                    };
+                    kid_pos.push(p);
+                    if existing[i].is_none() && before && seen_kids.insert(*h) {
+                        referenced += 1;
+                    }
+                }
+                st.x.push(keys[i].h_xy as i64);
+                st.y.push(keys[i].h_yz as i64);
+                st.z.push(keys[i].h_zm as i64);
+                st.geom.push(ewkb(&op.pos, &kid_pos));
+                st.value.push(value);
+                st.modality.push(i16::from(op.modality.as_u8()));
+                st.hash.push(op.hash.0.to_vec());
+            }
+            let created = store
+                .retry
+                .run("put", |_| async {
+                    conn.batch_execute("BEGIN").await?;
+                    let r = async {
+                        conn.execute("SELECT hart_stage()", &[]).await?;
+                        let params: [&(dyn ToSql + Sync); 7] =
+                            [&st.x, &st.y, &st.z, &st.geom, &st.value, &st.modality, &st.hash];
+                        conn.execute(
+                            "INSERT INTO hart_stage (h_xy, h_yz, h_zm, geom, value, modality, content_hash)
+                             SELECT x, y, z, ST_GeomFromEWKB(g), v, m, h
+                             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[], $5::bytea[],
+                                         $6::smallint[], $7::bytea[]) AS u(x, y, z, g, v, m, h)",
+                            &params,
+                        )
+                        .await?;
+                        let row = conn.query_one("SELECT created FROM hart_merge_stage()", &[]).await?;
+                        conn.batch_execute("COMMIT").await?;
+                        Ok::<i64, DbError>(row.get(0))
+                    }
+                    .await;
+                    if r.is_err() {
+                        let _ = conn.batch_execute("ROLLBACK").await;
+                    }
+                    r
+                })
+                .await?;
+            Ok::<_, DbError>((created as u64, referenced))
+        })
+        .map_err(|e| match e {
+            DbError::Pg(ref pg) if pg.code().map(|c| c.code()) == Some("HT001") => StoreError::Collision {
+                key: "(in this batch)".into(),
+                existing: "(a stored atom)".into(),
+                new: e.to_string(),
+            },
+            e => StoreError::from(e),
+        })?;
+        self.created += created;
+        self.referenced += referenced;
+        Ok(())
+    }
+
+    fn commit(mut self: Box<Self>, root: &Hash, summary: &ObjectSummary) -> Result<ObjectInfo, StoreError> {
+        let conn = self.conn.take().expect("connection held");
+        let (id, start, uri) = (self.id, self.start, self.uri.clone());
+        let (created, referenced) = (self.created, self.referenced);
+        let store = self.store;
+        let r = store.rt.block_on(async {
+            let r = async {
+                let Some(row) = conn
+                    .query_opt(
+                        "SELECT a.h_xy, a.h_yz, a.h_zm, a.created_at < $2 FROM atoms a WHERE a.content_hash = $1 LIMIT 1",
+                        &[&root.0.as_slice(), &start],
+                    )
+                    .await?
+                else {
+                    return Err(StoreError::Invalid(format!("root {root} was never stored")).into());
+                };
+                let (x, y, z): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+                let root_before: bool = row.get(3);
+                conn.batch_execute("BEGIN").await?;
+                let r = async {
+                    let unchanged: bool = conn
+                        .query_one(
+                            "SELECT EXISTS (SELECT FROM objects o JOIN ingestion_log l ON l.id = o.ingestion_id
+                                            WHERE l.source_uri = $1 AND o.root_hash = $2 AND o.deleted_at IS NULL
+                                              AND NOT EXISTS (SELECT FROM ingestion_removed r WHERE r.ingestion_id = l.id))",
+                            &[&uri, &root.0.as_slice()],
+                        )
+                        .await?
+                        .get(0);
+                    let referenced = referenced + u64::from(!unchanged && root_before);
+                    let skipped = summary.occurrences.saturating_sub(created);
+                    conn.execute(
+                        "UPDATE ingestion_log SET status = 'completed', root_h_xy = $2, root_h_yz = $3, root_h_zm = $4,
+                             root_hash = $5, source_hash = $6, bytes = $7, atoms_created = $8,
+                             atoms_referenced = $9, atoms_skipped = $10, completed_at = greatest(clock_timestamp(), started_at)
+                         WHERE id = $1",
+                        &[
+                            &id,
+                            &x,
+                            &y,
+                            &z,
+                            &root.0.as_slice(),
+                            &summary.source_hash.0.as_slice(),
+                            &(summary.size as i64),
+                            &(created as i64),
+                            &(referenced as i64),
+                            &(skipped as i64),
+                        ],
+                    )
+                    .await?;
+                    if !unchanged {
+                        conn.execute(
+                            "SELECT hart_register_object($1, $2, $3, $4, $5, $6)",
+                            &[&id, &uri, &x, &y, &z, &(summary.size as i64)],
+                        )
+                        .await?;
+                    }
+                    conn.batch_execute("COMMIT").await?;
+                    Ok::<_, DbError>(())
+                }
+                .await;
+                if r.is_err() {
+                    let _ = conn.batch_execute("ROLLBACK").await;
+                }
+                r
+            }
+            .await;
+            match &r {
+                Ok(()) => {
+                    conn.execute("SELECT pg_advisory_unlock_shared($1)", &[&GC_LOCK]).await?;
+                }
+                Err(e) => {
+                    let _ = PgSession::finish(&conn, id, &e.to_string()).await;
+                }
+            }
+            r?;
+            Ok::<_, DbError>(load_object(&conn, id).await?.expect("just committed").0)
+        });
+        r.map_err(StoreError::from)
+    }
+
+    fn abort(mut self: Box<Self>, error: &str) -> Result<(), StoreError> {
+        let conn = self.conn.take().expect("connection held");
+        self.store.rt.block_on(PgSession::finish(&conn, self.id, error)).map_err(StoreError::from)
+    }
+}
+
+impl Drop for PgSession<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let id = self.id;
+            let r = self.store.rt.block_on(PgSession::finish(&conn, id, "abandoned before commit"));
+            if let Err(e) = r {
+                tracing::warn!(ingestion = id, error = %e, "could not mark an abandoned ingestion failed");
+                // The connection may still hold the shared gc lock: do not return it to the pool.
+                let _ = Object::take(conn);
+            }
+        }
+    }
+}
