@@ -24,7 +24,47 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Gc => gc(cli),
         Command::Fsck => fsck(cli),
         Command::Bench(args) => crate::bench::run(cli, args),
+        Command::Db(c) => db(cli, c),
     }
+}
+
+/// The --database-url settings, if given.
+fn database(cli: &Cli) -> Result<Option<hart_pg::ConnectionSettings>> {
+    let Some(url) = &cli.database_url else { return Ok(None) };
+    let settings = url.parse().map_err(|e| user(format!("--database-url: {e}"), exit::USAGE))?;
+    Ok(Some(settings))
+}
+
+fn db(cli: &Cli, c: &crate::DbCommand) -> Result<u8> {
+    let settings = database(cli)?
+        .ok_or_else(|| user("`hart db` needs --database-url URL (or HART_DATABASE_URL)".to_string(), exit::USAGE))?;
+    match c {
+        crate::DbCommand::Migrate => {
+            let r = hart_pg::PgStore::migrate(&settings)?;
+            if cli.json {
+                println!("{}", serde_json::json!({ "applied": r.applied, "version": r.version }));
+            } else if r.applied.is_empty() {
+                println!("{settings}: up to date at version {}", r.version);
+            } else {
+                println!("{settings}: applied {:?}, now at version {}", r.applied, r.version);
+            }
+        }
+        crate::DbCommand::Status => {
+            let rows = hart_pg::PgStore::migration_status(&settings)?;
+            if cli.json {
+                let v: Vec<_> = rows
+                    .iter()
+                    .map(|m| serde_json::json!({ "version": m.version, "name": m.name, "state": format!("{:?}", m.state).to_lowercase() }))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                for m in &rows {
+                    println!("{:04} {:<28} {:?}", m.version, m.name, m.state);
+                }
+            }
+        }
+    }
+    Ok(0)
 }
 
 /// Make everything durable; a checkpoint that could not be saved is only a warning (the data
@@ -51,6 +91,10 @@ fn store_dir(cli: &Cli) -> PathBuf {
 }
 
 fn open(cli: &Cli, write: bool) -> Result<Box<dyn Store>> {
+    if let Some(settings) = database(cli)? {
+        let s = hart_pg::PgStore::connect(&settings).with_context(|| format!("cannot open the database {settings}"))?;
+        return Ok(Box::new(s));
+    }
     let dir = store_dir(cli);
     let s = EmbeddedStore::open_with(&dir, OpenOptions { read_only: !write, ..OpenOptions::default() })
         .with_context(|| format!("cannot open the store at {}", dir.display()))?;

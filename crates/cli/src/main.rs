@@ -35,6 +35,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "HART_STORE", value_name = "DIR")]
     store: Option<PathBuf>,
 
+    /// Use this PostgreSQL database instead of the embedded store (a postgres:// URL or a
+    /// key=value connection string; prepare it with `hart db migrate`).
+    #[arg(long, global = true, env = "HART_DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    database_url: Option<String>,
+
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -93,6 +98,17 @@ enum Command {
     Fsck,
     /// Measure ingest, cat and lookups against baselines measured in the same run.
     Bench(bench::BenchArgs),
+    /// The PostgreSQL database given by --database-url: schema migrations.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Apply every pending schema migration.
+    Migrate,
+    /// List the schema migrations and which are applied.
+    Status,
 }
 
 fn main() -> ExitCode {

@@ -31,7 +31,7 @@ use crate::ConnectionSettings;
 const GC_LOCK: i64 = 0x4841_5254_4743; // "HARTGC"
 
 /// Atoms resolved per query when walking a tree (cat, fsck).
-const CAT_BATCH: usize = 8192;
+const CAT_BATCH: usize = 32_768;
 
 /// An error on the way to the database: the driver's, or the pool's.
 #[derive(Debug)]
@@ -147,24 +147,22 @@ impl PgStore {
 
     /// Apply every pending migration, then connect.
     pub fn migrate_and_connect(settings: &ConnectionSettings) -> Result<PgStore, StoreError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| backend("starting the database runtime", e))?;
-        rt.block_on(async {
-            let (mut client, conn) = settings
-                .to_pg_config()
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| backend(&format!("connecting to {settings}"), describe(&e)))?;
-            let task = tokio::spawn(conn);
-            crate::migrate::migrate(&mut client).await.map_err(|e| backend("migrating", e))?;
-            drop(client);
-            let _ = task.await;
-            Ok::<_, StoreError>(())
-        })?;
-        drop(rt);
+        PgStore::migrate(settings)?;
         PgStore::connect(settings)
+    }
+
+    /// Apply every pending migration to the database (`hart db migrate`).
+    pub fn migrate(settings: &ConnectionSettings) -> Result<crate::MigrationReport, StoreError> {
+        with_client(settings, |mut c| async move { crate::migrate::migrate(&mut c).await.map_err(|e| backend("migrating", e)) })
+    }
+
+    /// Every known migration and whether the database has it (`hart db status`).
+    pub fn migration_status(
+        settings: &ConnectionSettings,
+    ) -> Result<Vec<crate::migrate::MigrationStatus>, StoreError> {
+        with_client(settings, |c| async move {
+            crate::migrate::status(&c).await.map_err(|e| backend("reading the schema version", e))
+        })
     }
 
     /// Run `op` on a pooled connection, retrying transient failures.
@@ -181,6 +179,29 @@ impl PgStore {
             }))
             .map_err(StoreError::from)
     }
+}
+
+/// Run `f` on one connection of its own, on a runtime of its own.
+fn with_client<T, F, Fut>(settings: &ConnectionSettings, f: F) -> Result<T, StoreError>
+where
+    F: FnOnce(tokio_postgres::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| backend("starting the database runtime", e))?;
+    rt.block_on(async {
+        let (client, conn) = settings
+            .to_pg_config()
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| backend(&format!("connecting to {settings}"), describe(&e)))?;
+        let task = tokio::spawn(conn);
+        let r = f(client).await;
+        let _ = task.await;
+        r
+    })
 }
 
 fn build_pool(settings: &ConnectionSettings) -> Result<Pool, StoreError> {
@@ -314,12 +335,18 @@ async fn walk(c: &Object, root: HilbertKey, out: &mut dyn Write) -> DbResult<u64
         }
         // Resolve the pending atoms among the first CAT_BATCH entries.
         let n = queue.len().min(CAT_BATCH);
-        let mut idx = Vec::new();
+        // Each distinct key once (leaves repeat a lot): slot of each pending entry in `keys`.
+        let mut slot_of: std::collections::HashMap<HilbertKey, usize> = std::collections::HashMap::new();
+        let mut slots = Vec::new();
         let mut keys = Vec::new();
-        for (i, it) in queue.iter().take(n).enumerate() {
+        for it in queue.iter().take(n) {
             if let Item::Pending(k) = it {
-                idx.push(i);
-                keys.push(*k);
+                let next = keys.len();
+                let s = *slot_of.entry(*k).or_insert(next);
+                if s == next {
+                    keys.push(*k);
+                }
+                slots.push(s);
             }
         }
         let (x, y, z) = key_params(&keys);
@@ -333,12 +360,11 @@ async fn walk(c: &Object, root: HilbertKey, out: &mut dyn Write) -> DbResult<u64
         let rest = queue.split_off(n);
         let front = std::mem::take(&mut queue);
         let mut j = 0;
-        for (i, it) in front.into_iter().enumerate() {
+        for it in front {
             match it {
                 Item::Bytes(b) => queue.push_back(Item::Bytes(b)),
                 Item::Pending(k) => {
-                    debug_assert_eq!(idx[j], i);
-                    let Some((value, g, m)) = got[j].take() else {
+                    let Some((value, g, m)) = got[slots[j]].clone() else {
                         return Err(StoreError::Backend(format!(
                             "atom at key {k} is missing from the database; run `hart fsck`"
                         ))
