@@ -93,6 +93,9 @@ pub struct BenchArgs {
     /// exec after `vfork`).
     #[arg(long, hide = true, requires = "cmd")]
     measure: bool,
+    /// (internal) With --measure: kill CMD after this many seconds.
+    #[arg(long, hide = true, default_value_t = 3600)]
+    measure_limit: u64,
     #[arg(last = true, hide = true, value_name = "CMD")]
     cmd: Vec<std::ffi::OsString>,
 }
@@ -469,7 +472,7 @@ fn ingest_into(dir: &Path, paths: &[PathBuf]) -> Result<(EmbeddedStore, Vec<Obje
 
 pub fn run(cli: &Cli, args: &BenchArgs) -> Result<u8> {
     if args.measure {
-        return measure_child(&args.cmd);
+        return measure_child(&args.cmd, Duration::from_secs(args.measure_limit));
     }
     let set = Settings::from(args)?;
     let work = WorkDir::create(args.dir.as_deref(), args.keep)?;
@@ -759,9 +762,11 @@ fn memory(ctx: &mut Ctx) -> Result<Report> {
     ctx.say("ingesting it with `hart ingest` in a child process");
     let (file, store) = (path.as_os_str(), store_dir.as_os_str());
     let args: [&OsStr; 5] = ["--store".as_ref(), store, "--quiet".as_ref(), "ingest".as_ref(), file];
-    let child = peak_of(exe.as_os_str(), &args, &ctx.dir)?.context("cannot run the hart executable")?;
-    let cat = peak_of("cat".as_ref(), &[file], &ctx.dir)?;
-    let b3 = peak_of("b3sum".as_ref(), &[file], &ctx.dir)?;
+    // Anything slower than 4 MB/s is a failure anyway; the limit only stops a hang.
+    let limit = Duration::from_secs(300 + size / 4_000_000);
+    let child = peak_of(exe.as_os_str(), &args, &ctx.dir, limit)?.context("cannot run the hart executable")?;
+    let cat = peak_of("cat".as_ref(), &[file], &ctx.dir, limit)?;
+    let b3 = peak_of("b3sum".as_ref(), &[file], &ctx.dir, limit)?;
     let label = format!("{:.2} GiB", size as f64 / (1u64 << 30) as f64);
     let name = format!("peak RSS, hart ingest {label} (child process)");
     let rss = child.max_rss as f64 / MIB;
@@ -781,7 +786,7 @@ fn memory(ctx: &mut Ctx) -> Result<Report> {
     r.note(
         "peak RSS (ru_maxrss, read by a small launcher process) counts the pages of memory-mapped files the \
          process touched (b3sum maps its input whole); anonymous memory (heap, stacks) is sampled from \
-         /proc/PID/smaps_rollup every 20 ms, so a peak shorter than that can be missed",
+         /proc/PID/smaps_rollup every 50 ms, so a peak shorter than that can be missed",
     );
     if !ctx.keep {
         let _ = std::fs::remove_file(&path);
@@ -966,13 +971,13 @@ struct Measured {
     wall: Duration,
     /// Peak resident set (`ru_maxrss`), including pages of memory-mapped files.
     max_rss: u64,
-    /// Peak anonymous memory (heap, stacks), sampled from /proc every 20 ms.
+    /// Peak anonymous memory (heap, stacks), sampled from /proc every 50 ms.
     peak_anon: u64,
 }
 
 /// Run `prog args` (stdout discarded) through `hart bench --measure`, a small launcher that
-/// reads the child's own peak RSS; None if `prog` is not installed.
-fn peak_of(prog: &OsStr, args: &[&OsStr], dir: &Path) -> Result<Option<Measured>> {
+/// reads the child's own peak RSS and kills it after `limit`; None if `prog` is not installed.
+fn peak_of(prog: &OsStr, args: &[&OsStr], dir: &Path, limit: Duration) -> Result<Option<Measured>> {
     let name = prog.to_string_lossy().into_owned();
     if !name.contains('/') && which(&name).is_none() {
         return Ok(None);
@@ -980,7 +985,7 @@ fn peak_of(prog: &OsStr, args: &[&OsStr], dir: &Path) -> Result<Option<Measured>
     let exe = std::env::current_exe().context("cannot find the hart executable")?;
     let err_path = dir.join("child-stderr.txt");
     let out = Command::new(exe)
-        .args(["bench", "--measure", "--"])
+        .args(["bench", "--measure", "--measure-limit", &limit.as_secs().to_string(), "--"])
         .arg(prog)
         .args(args)
         .stdin(Stdio::null())
@@ -1002,7 +1007,7 @@ fn peak_of(prog: &OsStr, args: &[&OsStr], dir: &Path) -> Result<Option<Measured>
 
 /// The launcher side of [`peak_of`]: run `cmd` with stdout discarded, reap it with `wait4`,
 /// sampling its anonymous memory meanwhile; print `{"max_rss", "peak_anon", "wall_ns"}`.
-fn measure_child(cmd: &[std::ffi::OsString]) -> Result<u8> {
+fn measure_child(cmd: &[std::ffi::OsString], limit: Duration) -> Result<u8> {
     let (prog, args) = cmd.split_first().context("--measure needs a command after --")?;
     let name = prog.to_string_lossy().into_owned();
     let t = Instant::now();
@@ -1027,7 +1032,12 @@ fn measure_child(cmd: &[std::ffi::OsString]) -> Result<u8> {
         }
         if rc == 0 {
             peak_anon = peak_anon.max(anon_bytes(&rollup));
-            std::thread::sleep(Duration::from_millis(20));
+            if t.elapsed() > limit {
+                // SAFETY: `pid` is our own unreaped child, so the id cannot have been reused.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                bail!("{name} did not finish within {} s: killed (a hang?)", limit.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
             continue;
         }
         let e = std::io::Error::last_os_error();
