@@ -17,8 +17,8 @@ use hart_core::atom::leaf_hash;
 use hart_core::geom::{decode_ewkb, ewkb};
 use hart_core::{AtomKind, Hash, HilbertKey, Modality, Position, LEAF_MAX};
 use hart_store::{
-    AtomRecord, Batch, BoundedMap, FsckReport, GcReport, ModalityStats, ObjectInfo, ObjectSummary, Session,
-    SourceInfo, Stats, Status, Store, StoreError,
+    AtomRecord, Batch, BoundedMap, FsckReport, GcReport, ModalityStats, ObjectInfo, ObjectSummary, Session, SourceInfo,
+    Stats, Status, Store, StoreError,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -124,12 +124,7 @@ impl PgStore {
         let store = PgStore { rt, pool, retry: RetryPolicy::default(), settings: settings.clone() };
         let latest = crate::migrate::latest_version();
         let version: i32 = store.run("schema version", |c| async move {
-            let r = c
-                .query_opt(
-                    "SELECT coalesce(max(version), 0) FROM schema_migrations",
-                    &[],
-                )
-                .await;
+            let r = c.query_opt("SELECT coalesce(max(version), 0) FROM schema_migrations", &[]).await;
             match r {
                 Ok(row) => Ok(row.map_or(0, |r| r.get::<_, i32>(0))),
                 Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(0),
@@ -153,13 +148,13 @@ impl PgStore {
 
     /// Apply every pending migration to the database (`hart db migrate`).
     pub fn migrate(settings: &ConnectionSettings) -> Result<crate::MigrationReport, StoreError> {
-        with_client(settings, |mut c| async move { crate::migrate::migrate(&mut c).await.map_err(|e| backend("migrating", e)) })
+        with_client(settings, |mut c| async move {
+            crate::migrate::migrate(&mut c).await.map_err(|e| backend("migrating", e))
+        })
     }
 
     /// Every known migration and whether the database has it (`hart db status`).
-    pub fn migration_status(
-        settings: &ConnectionSettings,
-    ) -> Result<Vec<crate::migrate::MigrationStatus>, StoreError> {
+    pub fn migration_status(settings: &ConnectionSettings) -> Result<Vec<crate::migrate::MigrationStatus>, StoreError> {
         with_client(settings, |c| async move {
             crate::migrate::status(&c).await.map_err(|e| backend("reading the schema version", e))
         })
@@ -267,8 +262,7 @@ const BY_KEYS: &str = "SELECT u.i, a.value, ST_AsEWKB(a.geom), a.content_hash, a
     CROSS JOIN LATERAL (SELECT a.value, a.geom, a.content_hash, a.modality FROM atoms a
                         WHERE a.h_xy = u.x AND a.h_yz = u.y AND a.h_zm = u.z LIMIT 1) a";
 
-const ATOM_COLS: &str =
-    "a.modality, a.value, ST_AsEWKB(a.geom), a.content_hash, a.ref_count FROM atoms a";
+const ATOM_COLS: &str = "a.modality, a.value, ST_AsEWKB(a.geom), a.content_hash, a.ref_count FROM atoms a";
 
 async fn record(c: &Object, row: &Row) -> DbResult<AtomRecord> {
     let modality = modality_of(row.get(0))?;
@@ -428,9 +422,8 @@ fn object_info(r: &Row) -> Result<(ObjectInfo, Option<i64>), StoreError> {
         (false, "pending") => Status::Pending,
         _ => Status::Running,
     };
-    let opt_hash = |i: usize| -> Result<Option<Hash>, StoreError> {
-        r.get::<_, Option<&[u8]>>(i).map(hash_of).transpose()
-    };
+    let opt_hash =
+        |i: usize| -> Result<Option<Hash>, StoreError> { r.get::<_, Option<&[u8]>>(i).map(hash_of).transpose() };
     let m: Option<i16> = r.get(2);
     Ok((
         ObjectInfo {
@@ -498,8 +491,7 @@ impl Store for PgStore {
         self.run("get", |c| {
             let h = h.clone();
             async move {
-                let row =
-                    c.query_opt(&format!("SELECT {ATOM_COLS} WHERE a.content_hash = $1 LIMIT 1"), &[&h]).await?;
+                let row = c.query_opt(&format!("SELECT {ATOM_COLS} WHERE a.content_hash = $1 LIMIT 1"), &[&h]).await?;
                 match row {
                     Some(r) => Ok(Some(record(&c, &r).await?)),
                     None => Ok(None),
@@ -573,7 +565,8 @@ impl Store for PgStore {
     }
 
     fn objects(&self) -> Result<Vec<ObjectInfo>, StoreError> {
-        let rows = self.run("objects", |c| async move { Ok(c.query(&format!("{OBJECTS} ORDER BY l.id"), &[]).await?) })?;
+        let rows =
+            self.run("objects", |c| async move { Ok(c.query(&format!("{OBJECTS} ORDER BY l.id"), &[]).await?) })?;
         rows.iter().map(|r| object_info(r).map(|(o, _)| o)).collect()
     }
 

@@ -32,4 +32,3 @@ fn fresh() -> Box<dyn Store> {
 mod fresh {
     hart_store::conformance_tests!(super::fresh);
 }
-
