@@ -419,16 +419,26 @@ impl Inner {
         }
     }
 
-    /// Log offset of the live atom with this hash.
-    #[inline]
+    /// Log offset of the live atom with this hash. The writer's ingest path reads runs with
+    /// positioned reads behind its global bloom, which keeps its memory flat; queries read
+    /// them through the mapping with each run's own bloom, which is faster.
     fn find_hash(&self, hash: &Hash) -> Result<Option<u64>, StoreError> {
+        self.find_hash_via(hash, self.hruns.has_global())
+    }
+
+    /// Like [`Inner::find_hash`], for queries: always through the mapping.
+    fn find_hash_mapped(&self, hash: &Hash) -> Result<Option<u64>, StoreError> {
+        self.find_hash_via(hash, false)
+    }
+
+    fn find_hash_via(&self, hash: &Hash, positioned: bool) -> Result<Option<u64>, StoreError> {
         if let Some(&o) = self.d.hmem.get(hash) {
             if !self.d.state.is_dead(o) {
                 return Ok(Some(o));
             }
         }
         let mut cand = Vec::new();
-        if self.hruns.has_global() {
+        if positioned {
             self.hruns.candidates(hash.0[..8].try_into().expect("8"), &mut cand)?;
         } else {
             self.hruns.find(hash.0[..16].try_into().expect("16"), &mut cand);
@@ -528,25 +538,6 @@ impl Inner {
             key: HilbertKey::new(modality, &position),
             ref_count: u64::from(self.d.state.refcount(off)),
         })
-    }
-
-    /// Log offset of the live atom with this hash, for queries: through the mapped runs and
-    /// their own blooms (fast), where the writer's ingest path reads runs with positioned
-    /// reads to keep its memory flat.
-    fn find_hash_mapped(&self, hash: &Hash) -> Result<Option<u64>, StoreError> {
-        if let Some(&o) = self.d.hmem.get(hash) {
-            if !self.d.state.is_dead(o) {
-                return Ok(Some(o));
-            }
-        }
-        let mut cand = Vec::new();
-        self.hruns.find(hash.0[..16].try_into().expect("16"), &mut cand);
-        for o in cand {
-            if !self.d.state.is_dead(o) && self.hash_at(o)? == *hash {
-                return Ok(Some(o));
-            }
-        }
-        Ok(None)
     }
 
     /// Append a record built by `encode` (which receives the record's offset) and return the
