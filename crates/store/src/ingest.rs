@@ -267,6 +267,22 @@ fn decode_file(path: &Path, forced: Option<Modality>, progress: &Progress, tx: &
     if tx.send(Msg::Begin(SourceInfo { uri, modality, size })).is_err() {
         return;
     }
+    if let Err(e) = decode_stream(&mut file, modality, size, progress, tx) {
+        fail("cannot read", e);
+    }
+}
+
+/// Decode everything `reader` yields as one object of `modality` and send its batches, then
+/// its root and summary, to `tx` (after the caller's `Msg::Begin`). A read error is returned
+/// for the caller to report, with the node stage stopped. `size` (when known) only decides
+/// whether the node stage gets a thread of its own.
+fn decode_stream(
+    reader: &mut dyn Read,
+    modality: Modality,
+    size: Option<u64>,
+    progress: &Progress,
+    tx: &Sender<Msg>,
+) -> std::io::Result<()> {
     let threaded = size.unwrap_or(0) >= PIPELINE_MIN;
     std::thread::scope(|s| {
         let mut leaves = LeafStage::new(modality, NodeStage::new(modality, tx.clone()), threaded.then_some(s));
@@ -275,13 +291,13 @@ fn decode_file(path: &Path, forced: Option<Modality>, progress: &Progress, tx: &
         let mut buf = vec![0u8; READ_BLOCK];
         let mut total = 0u64;
         loop {
-            let n = match file.read(&mut buf) {
+            let n = match reader.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     leaves.abandon();
-                    return fail("cannot read", e);
+                    return Err(e);
                 }
             };
             hasher.update(&buf[..n]);
@@ -290,14 +306,15 @@ fn decode_file(path: &Path, forced: Option<Modality>, progress: &Progress, tx: &
             progress.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
             if leaves.closed {
                 leaves.abandon();
-                return;
+                return Ok(());
             }
         }
         decoder.finish(&mut leaves);
-        let Some((root, occurrences)) = leaves.finish() else { return };
+        let Some((root, occurrences)) = leaves.finish() else { return Ok(()) };
         let summary = ObjectSummary { source_hash: Hash(*hasher.finalize().as_bytes()), size: total, occurrences };
         let _ = tx.send(Msg::End { root, summary });
-    });
+        Ok(())
+    })
 }
 
 /// Leaves and group ends handed from the leaf stage to the node stage.
@@ -556,19 +573,37 @@ fn node_sink<'a>(
 
 /// Ingest in-memory bytes as one object (tests and tools).
 pub fn ingest_bytes(store: &dyn Store, uri: &str, modality: Modality, data: &[u8]) -> Result<ObjectInfo, StoreError> {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let _ = tx.send(Msg::Begin(SourceInfo { uri: uri.to_string(), modality, size: Some(data.len() as u64) }));
-    let mut leaves = LeafStage::new(modality, NodeStage::new(modality, tx.clone()), None);
-    let mut decoder = hart_decode::decoder_for(modality);
-    decoder.feed(data, &mut leaves);
-    decoder.finish(&mut leaves);
-    let (root, occurrences) = leaves.finish().expect("the receiver is alive");
-    let summary =
-        ObjectSummary { source_hash: Hash(*blake3::hash(data).as_bytes()), size: data.len() as u64, occurrences };
-    let _ = tx.send(Msg::End { root, summary });
-    drop(leaves);
-    drop(tx);
-    match store_file(store, &rx) {
+    let source = SourceInfo { uri: uri.to_string(), modality, size: Some(data.len() as u64) };
+    ingest_reader(store, source, data, &Progress::default())
+}
+
+/// Ingest one object read from `reader` (a pipe, another store's `cat`, …) under `source`.
+/// Decoding runs on a thread of its own (two when `source.size` is large), the store's writes
+/// on the calling thread, through a bounded channel: memory stays bounded whatever the size.
+/// A read error aborts the ingestion (its log entry is marked failed) and comes back as
+/// [`StoreError::Invalid`]; `reader` is dropped before this returns, so a writer feeding it
+/// sees the pipe close.
+pub fn ingest_reader(
+    store: &dyn Store,
+    source: SourceInfo,
+    mut reader: impl Read + Send,
+    progress: &Progress,
+) -> Result<ObjectInfo, StoreError> {
+    let (tx, rx) = bounded(CHANNEL_DEPTH);
+    let result = std::thread::scope(|s| {
+        let (uri, modality, size) = (source.uri.clone(), source.modality, source.size);
+        s.spawn(move || {
+            if tx.send(Msg::Begin(source)).is_ok() {
+                if let Err(e) = decode_stream(&mut reader, modality, size, progress, &tx) {
+                    let _ = tx.send(Msg::Error(format!("cannot read {uri}: {e}")));
+                }
+            }
+        });
+        let result = store_file(store, &rx);
+        drop(rx); // a decoder still sending (the store side failed) stops
+        result
+    });
+    match result {
         Ok(info) => Ok(info),
         Err(FileError::Store(e)) => Err(e),
         Err(FileError::Input(e)) => Err(StoreError::Invalid(e)),
