@@ -10,8 +10,7 @@ use hart_store::{ObjectInfo, Status, Store};
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub fn run(cli: &Cli) -> Result<u8> {
     match &cli.command {
@@ -25,11 +24,12 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Fsck => fsck(cli),
         Command::Bench(args) => crate::bench::run(cli, args),
         Command::Db(c) => db(cli, c),
+        Command::Sync(args) => crate::sync::run(cli, args),
     }
 }
 
 /// The --database-url settings, if given.
-fn database(cli: &Cli) -> Result<Option<hart_pg::ConnectionSettings>> {
+pub(crate) fn database(cli: &Cli) -> Result<Option<hart_pg::ConnectionSettings>> {
     let Some(url) = &cli.database_url else { return Ok(None) };
     let settings = url.parse().map_err(|e| user(format!("--database-url: {e}"), exit::USAGE))?;
     Ok(Some(settings))
@@ -69,7 +69,7 @@ fn db(cli: &Cli, c: &crate::DbCommand) -> Result<u8> {
 
 /// Make everything durable; a checkpoint that could not be saved is only a warning (the data
 /// is durable, and the next writer checkpoints again).
-fn flush(store: &dyn Store, quiet_json: bool) -> Result<()> {
+pub(crate) fn flush(store: &dyn Store, quiet_json: bool) -> Result<()> {
     match store.flush() {
         Ok(()) => Ok(()),
         Err(hart_store::StoreError::CheckpointDeferred(m)) => {
@@ -82,7 +82,7 @@ fn flush(store: &dyn Store, quiet_json: bool) -> Result<()> {
     }
 }
 
-fn store_dir(cli: &Cli) -> PathBuf {
+pub(crate) fn store_dir(cli: &Cli) -> PathBuf {
     cli.store.clone().unwrap_or_else(|| {
         dirs::data_dir()
             .unwrap_or_else(|| dirs::home_dir().unwrap_or_else(|| PathBuf::from(".")).join(".local/share"))
@@ -90,7 +90,7 @@ fn store_dir(cli: &Cli) -> PathBuf {
     })
 }
 
-fn open(cli: &Cli, write: bool) -> Result<Box<dyn Store>> {
+pub(crate) fn open(cli: &Cli, write: bool) -> Result<Box<dyn Store>> {
     if let Some(settings) = database(cli)? {
         let s = hart_pg::PgStore::connect(&settings).with_context(|| format!("cannot open the database {settings}"))?;
         return Ok(Box::new(s));
@@ -142,7 +142,7 @@ fn resolve(store: &dyn Store, id: &str) -> Result<Hash> {
     }
 }
 
-fn short(h: &Option<Hash>) -> String {
+pub(crate) fn short(h: &Option<Hash>) -> String {
     h.map(|h| h.to_hex()[..16].to_string()).unwrap_or_else(|| "-".into())
 }
 
@@ -171,46 +171,29 @@ fn ingest(cli: &Cli, paths: &[PathBuf], modality: Option<hart_core::Modality>, w
     for (p, e) in &failed {
         pb.suspend(|| eprintln!("skipped  {}: {e}", p.display()));
     }
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let result = std::thread::scope(|s| {
-        // Set on every way out of this closure, a panic included, so the ticker always ends.
-        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
-        impl Drop for Done<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, Ordering::Relaxed);
-            }
-        }
-        let _done = Done(&done);
-        s.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
-                pb.set_position(progress.bytes_done.load(Ordering::Relaxed));
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        let r =
-            ingest_files(store.as_ref(), &files, &IngestOptions { modality, workers }, &progress, &mut |o| match o {
-                Outcome::Stored { path, info } => {
-                    if !cli.json {
-                        let line = format!(
-                            "{:<9} {}  {:>10}  {:<6}  {:>7} new {:>7} shared  {}",
-                            status_name(info.status),
-                            short(&info.root),
-                            size(info.size),
-                            info.modality,
-                            info.atoms_created,
-                            info.atoms_referenced,
-                            path.display()
-                        );
-                        pb.suspend(|| println!("{line}"));
-                    }
-                    stored.push(info);
+    let result = output::ticking(&pb, &progress.bytes_done, || {
+        ingest_files(store.as_ref(), &files, &IngestOptions { modality, workers }, &progress, &mut |o| match o {
+            Outcome::Stored { path, info } => {
+                if !cli.json {
+                    let line = format!(
+                        "{:<9} {}  {:>10}  {:<6}  {:>7} new {:>7} shared  {}",
+                        status_name(info.status),
+                        short(&info.root),
+                        size(info.size),
+                        info.modality,
+                        info.atoms_created,
+                        info.atoms_referenced,
+                        path.display()
+                    );
+                    pb.suspend(|| println!("{line}"));
                 }
-                Outcome::Failed { path, error } => {
-                    pb.suspend(|| eprintln!("failed   {}: {error}", path.display()));
-                    failed.push((path, error));
-                }
-            });
-        r
+                stored.push(info);
+            }
+            Outcome::Failed { path, error } => {
+                pb.suspend(|| eprintln!("failed   {}: {error}", path.display()));
+                failed.push((path, error));
+            }
+        })
     });
     pb.finish_and_clear();
     let flushed = flush(store.as_ref(), cli.json);

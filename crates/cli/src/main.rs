@@ -4,6 +4,7 @@
 mod bench;
 mod commands;
 mod output;
+mod sync;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -98,6 +99,9 @@ enum Command {
     Fsck,
     /// Measure ingest, cat and lookups against baselines measured in the same run.
     Bench(bench::BenchArgs),
+    /// Copy every live object of this store into another (embedded ↔ PostgreSQL) and verify it.
+    #[command(after_help = sync::HELP)]
+    Sync(sync::SyncArgs),
     /// The PostgreSQL database given by --database-url: schema migrations.
     #[command(subcommand)]
     Db(DbCommand),

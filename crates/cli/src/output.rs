@@ -4,6 +4,8 @@ use crate::exit;
 use hart_store::StoreError;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 /// `1.5 MiB`-style sizes.
 pub fn size(n: u64) -> String {
@@ -35,6 +37,28 @@ pub fn bar(total: u64, what: &str, hidden: bool) -> ProgressBar {
     );
     pb.set_message(what.to_string());
     pb
+}
+
+/// Run `f` while a ticker thread moves `pb` to `position` ten times a second. The ticker
+/// ends with `f` on every way out, a panic included.
+pub fn ticking<T>(pb: &ProgressBar, position: &AtomicU64, f: impl FnOnce() -> T) -> T {
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _done = Done(&done);
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                pb.set_position(position.load(Ordering::Relaxed));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        f()
+    })
 }
 
 /// Print an error (what, cause, what to do) and return its exit code.
