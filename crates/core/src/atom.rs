@@ -57,6 +57,21 @@ pub fn node_hash<'a>(modality: Modality, children: impl IntoIterator<Item = &'a 
     Hash(*h.finalize().as_bytes())
 }
 
+/// Append a composite's canonical encoding to `msgs` as one message, to hash it together with
+/// others ([`crate::many::Messages::hash_all`] gives the same hash as [`node_hash`]).
+#[inline]
+pub fn push_node_encoding<'a>(
+    msgs: &mut crate::many::Messages,
+    modality: Modality,
+    children: impl IntoIterator<Item = &'a Hash>,
+) -> usize {
+    msgs.extend(&[TAG_NODE, modality.as_u8()]);
+    for c in children {
+        msgs.extend(&c.0);
+    }
+    msgs.end()
+}
+
 /// The canonical encoding itself (the exact bytes that are hashed), for tests and docs.
 pub fn leaf_encoding(modality: Modality, value: &[u8]) -> Vec<u8> {
     let mut v = vec![TAG_LEAF, modality.as_u8()];

@@ -9,6 +9,7 @@ pub mod geom;
 pub mod hash;
 pub mod hilbert;
 pub mod key;
+pub mod many;
 pub mod modality;
 pub mod position;
 pub mod tree;

@@ -47,6 +47,19 @@ pub fn is_boundary(hash: &Hash) -> bool {
 pub fn make_node(modality: Modality, children: &[Child], sink: &mut dyn FnMut(&NodeOut<'_>)) -> Child {
     debug_assert!(children.len() >= 2);
     let hash = node_hash(modality, children.iter().map(|c| &c.hash));
+    make_node_hashed(modality, children, hash, sink)
+}
+
+/// [`make_node`] for a composite whose hash is already known (computed in a batch with
+/// [`crate::many::Messages`] from [`crate::atom::push_node_encoding`]).
+#[inline]
+pub fn make_node_hashed(
+    modality: Modality,
+    children: &[Child],
+    hash: Hash,
+    sink: &mut dyn FnMut(&NodeOut<'_>),
+) -> Child {
+    debug_assert!(children.len() >= 2);
     let mut centroid = Centroid::default();
     for c in children {
         centroid.add(&c.pos);

@@ -7,8 +7,10 @@
 use crate::BoundedMap;
 use crate::{Batch, ObjectInfo, ObjectSummary, SourceInfo, Store, StoreError};
 use crossbeam_channel::{bounded, Receiver, Sender};
+use hart_core::atom::push_node_encoding;
 use hart_core::features::leaf_identity;
-use hart_core::tree::{GroupBuilder, NodeOut, TreeBuilder};
+use hart_core::many::Messages;
+use hart_core::tree::{make_node_hashed, GroupBuilder, NodeOut, TreeBuilder, MAX_FANOUT};
 use hart_core::{Child, Hash, Modality};
 use hart_decode::LeafSink;
 use rustc_hash::FxHashMap;
@@ -330,7 +332,7 @@ struct Chunk {
 
 /// Where the leaf stage hands its chunks.
 enum Downstream<'scope> {
-    Inline(NodeStage),
+    Inline(Box<NodeStage>),
     Thread(Sender<Chunk>, std::thread::ScopedJoinHandle<'scope, Option<(Hash, u64)>>),
     Done,
 }
@@ -364,7 +366,7 @@ impl<'scope> LeafStage<'scope> {
         scope: Option<&'scope std::thread::Scope<'scope, 'env>>,
     ) -> Self {
         let down = match scope {
-            None => Downstream::Inline(nodes),
+            None => Downstream::Inline(Box::new(nodes)),
             Some(s) => {
                 let (tx, rx) = bounded::<Chunk>(2);
                 let handle = s.spawn(move || {
@@ -483,6 +485,9 @@ pub struct NodeStage {
     emitted: BoundedMap<Hash, ()>,
     occurrences: u64,
     tx: Sender<Msg>,
+    /// Encodings of the chunk's lines, hashed together, and their hashes.
+    msgs: Messages,
+    hashes: Vec<Hash>,
 }
 
 impl NodeStage {
@@ -495,33 +500,65 @@ impl NodeStage {
             emitted: BoundedMap::new(EMITTED_CAP),
             occurrences: 0,
             tx,
+            msgs: Messages::new(),
+            hashes: Vec::new(),
         }
     }
 
     /// Build what `chunk` completes and send it; false if the store side went away.
+    ///
+    /// Lines that start and end inside the chunk and have 2..=64 tokens (nearly all of them)
+    /// are hashed together first, sixteen at a time ([`Messages`]); the line that continues
+    /// from the previous chunk and lines too long for one composite go through the
+    /// [`GroupBuilder`] one token at a time. Composites still reach the tree and the batch in
+    /// input order.
     fn consume(&mut self, chunk: Chunk) -> bool {
         let Chunk { mut batch, kids, ends } = chunk;
         {
-            let NodeStage { emitted, occurrences, tree, group, grouped, .. } = self;
+            let NodeStage { emitted, occurrences, tree, group, grouped, modality, msgs, hashes, .. } = self;
             let mut sink = node_sink(&mut batch, emitted, occurrences);
-            let mut ends = ends.iter().peekable();
-            // A group may close before its first leaf of this chunk (it ended exactly at the
-            // previous chunk's last leaf).
-            while ends.next_if_eq(&&0).is_some() {
-                if let Some(c) = group.finish(&mut sink) {
-                    tree.push(c, &mut sink);
-                }
-            }
-            for (i, kid) in kids.iter().enumerate() {
-                if *grouped {
-                    group.push(*kid, &mut sink);
-                    while ends.next_if_eq(&&(i as u32 + 1)).is_some() {
-                        if let Some(c) = group.finish(&mut sink) {
-                            tree.push(c, &mut sink);
-                        }
-                    }
-                } else {
+            if !*grouped {
+                for kid in &kids {
                     tree.push(*kid, &mut sink);
+                }
+            } else {
+                // A line whose hash is computed in the batch: it starts in this chunk (the
+                // group carried from the previous chunk is empty) and fits one composite.
+                let carried = !group.is_empty();
+                let batched =
+                    |start: usize, end: usize| (start > 0 || !carried) && (2..=MAX_FANOUT).contains(&(end - start));
+                msgs.clear();
+                hashes.clear();
+                let mut start = 0;
+                for &end in &ends {
+                    let end = end as usize;
+                    if batched(start, end) {
+                        push_node_encoding(msgs, *modality, kids[start..end].iter().map(|c| &c.hash));
+                    }
+                    start = end;
+                }
+                msgs.hash_all(hashes);
+                let mut next_hash = hashes.iter();
+                let mut start = 0;
+                for &end in &ends {
+                    let end = end as usize;
+                    let line = &kids[start..end];
+                    let done = if batched(start, end) {
+                        let hash = *next_hash.next().expect("one hash per batched line");
+                        Some(make_node_hashed(*modality, line, hash, &mut sink))
+                    } else {
+                        for kid in line {
+                            group.push(*kid, &mut sink);
+                        }
+                        group.finish(&mut sink)
+                    };
+                    if let Some(c) = done {
+                        tree.push(c, &mut sink);
+                    }
+                    start = end;
+                }
+                for kid in &kids[start..] {
+                    group.push(*kid, &mut sink);
                 }
             }
         }
