@@ -23,7 +23,7 @@ mod varint;
 use hart_core::features::leaf_identity;
 use hart_core::{atom::leaf_hash, AtomKind, Hash, HilbertKey, Modality, Position};
 use hart_store::{
-    AtomRecord, Batch, FsckReport, GcReport, ObjectInfo, ObjectSummary, Session, SourceInfo, Stats, Status, Store,
+    AtomRecord, Batch, FsckReport, GcReport, ObjectInfo, ObjectSummary, Op, Session, SourceInfo, Stats, Status, Store,
     StoreError,
 };
 use index::Runs;
@@ -70,21 +70,47 @@ pub struct OpenOptions {
     pub sync_every_commit: bool,
 }
 
-/// The writer's cache of atoms recently put or found: a small direct-mapped table (the tokens
-/// of a text repeat constantly) in front of a two-generation map. Only live atoms are cached;
-/// `gc`, the only way an atom dies, clears it (and runs with no session open).
+/// The writer's cache of atoms recently put or found: a direct-mapped table (the tokens of a
+/// text repeat constantly) in front of a two-generation map of atoms found in the indexes.
+/// Only live atoms are cached; `gc`, the only way an atom dies, clears it (and runs with no
+/// session open).
+///
+/// During a `put`, a slot also gathers the references its atom gains (and, for an atom created
+/// in this `put`, its creation), so that a token used ten thousand times in a batch updates
+/// the reference counts once. Every `put` ends with [`HotCache::flush`]: between calls the
+/// state holds every count exactly.
 struct HotCache {
-    direct: Vec<(Hash, u64)>,
+    direct: Vec<Slot>,
     map: hart_store::BoundedMap<Hash, u64>,
+    /// Slots whose `pending` or `fresh` may be set.
+    dirty: Vec<u32>,
+    /// Number of the composite whose children are being counted (see [`Slot::stamp`]).
+    stamp: u32,
 }
 
-const DIRECT_SLOTS: usize = 1 << 14;
+#[derive(Clone, Copy)]
+struct Slot {
+    hash: Hash,
+    off: u64,
+    /// The composite that last counted this atom as a child: a child repeated within one
+    /// composite gains one reference.
+    stamp: u32,
+    /// References gained since the last flush; the top bit marks an atom created since then
+    /// (its entry in the state is written at the flush).
+    pending: u32,
+}
+
+const DIRECT_SLOTS: usize = 1 << 15;
+const EMPTY: Slot = Slot { hash: Hash([0xff; 32]), off: u64::MAX, stamp: 0, pending: 0 };
+const FRESH: u32 = 1 << 31;
 
 impl HotCache {
     fn new() -> Self {
         HotCache {
-            direct: vec![(Hash([0xff; 32]), u64::MAX); DIRECT_SLOTS],
+            direct: vec![EMPTY; DIRECT_SLOTS],
             map: hart_store::BoundedMap::new(HOT_CACHE),
+            dirty: Vec::new(),
+            stamp: 0,
         }
     }
 
@@ -93,26 +119,89 @@ impl HotCache {
         (hash.prefix_u64() as usize) & (DIRECT_SLOTS - 1)
     }
 
+    /// The offset of a cached atom, from the direct table only.
     #[inline]
-    fn get(&mut self, hash: &Hash) -> Option<u64> {
-        let (h, o) = self.direct[Self::slot(hash)];
-        if h == *hash && o != u64::MAX {
-            return Some(o);
-        }
-        let o = self.map.get_promote(hash)?;
-        self.direct[Self::slot(hash)] = (*hash, o);
-        Some(o)
+    fn direct(&self, hash: &Hash) -> Option<u64> {
+        let s = &self.direct[Self::slot(hash)];
+        (s.hash == *hash && s.off != u64::MAX).then_some(s.off)
     }
 
+    /// Put an atom in its direct slot (after applying what the atom there gathered).
     #[inline]
-    fn insert(&mut self, hash: Hash, o: u64) {
-        self.direct[Self::slot(&hash)] = (hash, o);
-        self.map.insert(hash, o);
+    fn place(&mut self, state: &mut State, hash: Hash, off: u64, fresh: bool) -> Result<(), u64> {
+        let i = Self::slot(&hash);
+        self.settle(state, i)?;
+        self.direct[i] = Slot { hash, off, stamp: 0, pending: if fresh { FRESH } else { 0 } };
+        if fresh {
+            self.dirty.push(i as u32);
+        }
+        Ok(())
+    }
+
+    /// Apply what slot `i` gathered to the state; Err(offset) if that atom was removed.
+    #[inline]
+    fn settle(&mut self, state: &mut State, i: usize) -> Result<(), u64> {
+        let s = &mut self.direct[i];
+        if s.pending == 0 {
+            return Ok(());
+        }
+        let n = s.pending & !FRESH;
+        let fresh = s.pending & FRESH != 0;
+        s.pending = 0;
+        if fresh {
+            state.created_with(s.off, n);
+        } else if !state.add_refs(s.off, n) {
+            return Err(s.off);
+        }
+        Ok(())
+    }
+
+    /// Apply everything gathered since the last flush.
+    fn flush(&mut self, state: &mut State) -> Result<(), u64> {
+        let mut r = Ok(());
+        for i in std::mem::take(&mut self.dirty) {
+            r = r.and(self.settle(state, i as usize));
+        }
+        r
+    }
+
+    /// A new stamp for the next composite's children.
+    #[inline]
+    fn next_stamp(&mut self) -> u32 {
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.direct.iter_mut().for_each(|s| s.stamp = 0);
+            self.stamp = 1;
+        }
+        self.stamp
+    }
+
+    /// Count one reference to the atom in `hash`'s direct slot, once per stamp. Returns its
+    /// offset and whether it was counted now (first time under this stamp), or None if the
+    /// atom is not in its slot.
+    #[inline]
+    fn count(&mut self, hash: &Hash, stamp: u32) -> Option<(u64, bool)> {
+        let i = Self::slot(hash);
+        let s = &mut self.direct[i];
+        if s.hash != *hash || s.off == u64::MAX {
+            return None;
+        }
+        if s.stamp == stamp {
+            return Some((s.off, false));
+        }
+        s.stamp = stamp;
+        if s.pending == 0 {
+            self.dirty.push(i as u32);
+        }
+        s.pending += 1;
+        Some((s.off, true))
     }
 
     fn clear(&mut self) {
-        self.direct.fill((Hash([0xff; 32]), u64::MAX));
+        debug_assert!(self.direct.iter().all(|s| s.pending == 0), "cache cleared with references pending");
+        self.direct.fill(EMPTY);
         self.map.clear();
+        self.dirty.clear();
     }
 }
 
@@ -189,6 +278,13 @@ fn corrupt(path: &Path, offset: u64, what: impl Into<String>) -> StoreError {
 }
 
 impl Derived {
+    /// Index a new atom by hash and by key.
+    #[inline]
+    fn index(&mut self, off: u64, hash: Hash, key: &HilbertKey) {
+        self.hmem.insert(hash, off);
+        self.kmem.insert(*key, off);
+    }
+
     fn leaf(&mut self, off: u64, modality: Modality, value: &[u8], hash: Hash, pos: &Position) {
         self.hmem.insert(hash, off);
         self.kmem.insert(HilbertKey::new(modality, pos), off);
@@ -499,12 +595,12 @@ impl Inner {
 
     /// Offset of a live atom by hash, through the writer's cache.
     fn resolve(&mut self, hash: &Hash) -> Result<Option<u64>, StoreError> {
-        if let Some(o) = self.hot.get(hash) {
+        if let Some(o) = self.hot.direct(hash).or_else(|| self.hot.map.get_promote(hash)) {
             return Ok(Some(o));
         }
         let found = self.find_hash(hash)?;
         if let Some(o) = found {
-            self.hot.insert(*hash, o);
+            self.hot.map.insert(*hash, o);
         }
         Ok(found)
     }
@@ -920,16 +1016,15 @@ struct EmbeddedSession<'a> {
     created: u64,
     referenced: u64,
     kids: Vec<u64>,
+    /// Children of the current composite that missed the cache's direct table.
+    missed: Vec<(Hash, u64)>,
     done: bool,
 }
 
-impl Session for EmbeddedSession<'_> {
-    fn put(&mut self, batch: &Batch) -> Result<(), StoreError> {
-        let mut guard = self.store.inner.write().expect("lock");
-        let inner = &mut *guard;
-        inner.check()?;
+impl EmbeddedSession<'_> {
+    fn put_ops(&mut self, inner: &mut Inner, batch: &Batch) -> Result<(), StoreError> {
         for op in &batch.ops {
-            if inner.hot.get(&op.hash).is_some() {
+            if inner.hot.direct(&op.hash).is_some() {
                 continue;
             }
             // Positions carry their hash's first eight bytes in their low bits; that is what
@@ -941,9 +1036,14 @@ impl Session for EmbeddedSession<'_> {
                 )));
             }
             let key = HilbertKey::new(op.modality, &op.pos);
-            match inner.probe(&op.hash, &key)? {
+            let found = match inner.hot.map.get_promote(&op.hash) {
+                Some(o) => Probe::Found(o),
+                None => inner.probe(&op.hash, &key)?,
+            };
+            match found {
                 Probe::Found(o) => {
-                    inner.hot.insert(op.hash, o);
+                    inner.hot.map.insert(op.hash, o);
+                    inner.hot.place(&mut inner.d.state, op.hash, o, false).map_err(|o| removed_child(&inner.dir, o))?;
                     continue;
                 }
                 Probe::Collision(o) => {
@@ -969,37 +1069,73 @@ impl Session for EmbeddedSession<'_> {
                         )));
                     }
                     let off = inner.append(|buf, _| record::encode_leaf(buf, m.as_u8(), value))?;
-                    inner.d.leaf(off, m, value, op.hash, &op.pos);
+                    inner.d.index(off, op.hash, &key);
+                    let c = inner.d.state.counters.at(m.as_u8());
+                    c.leaves += 1;
+                    c.leaf_bytes += value.len() as u64;
                     off
                 }
-                AtomKind::Node => {
-                    self.kids.clear();
-                    for c in batch.children(op) {
-                        match inner.resolve(c)? {
-                            Some(o) => self.kids.push(o),
-                            None => {
-                                return Err(StoreError::Invalid(format!(
-                                    "composite {} names child {} that was never stored",
-                                    op.hash, c
-                                )))
-                            }
-                        }
-                    }
-                    let kids = std::mem::take(&mut self.kids);
-                    let off =
-                        inner.append(|buf, own| record::encode_node(buf, own, m.as_u8(), &op.hash, &op.pos, &kids))?;
-                    let old = inner
-                        .d
-                        .node(off, m, op.hash, &op.pos, &mut kids.iter().copied(), self.start)
-                        .map_err(|e| corrupt(&inner.dir, off, e))?;
-                    self.referenced += old;
-                    self.kids = kids;
-                    off
-                }
+                AtomKind::Node => self.put_node(inner, batch, op, &key)?,
             };
             self.created += 1;
-            inner.hot.insert(op.hash, off);
+            inner.hot.place(&mut inner.d.state, op.hash, off, true).map_err(|o| removed_child(&inner.dir, o))?;
         }
+        Ok(())
+    }
+
+    /// Append a new composite: resolve its children (almost always direct-cache hits, where
+    /// their new references are gathered), and count one reference per distinct child.
+    fn put_node(&mut self, inner: &mut Inner, batch: &Batch, op: &Op, key: &HilbertKey) -> Result<u64, StoreError> {
+        let stamp = inner.hot.next_stamp();
+        self.kids.clear();
+        // Children that missed the direct table, counted here: the table does not change while
+        // one composite's children are counted, so a child is always a hit or always a miss.
+        self.missed.clear();
+        for c in batch.children(op) {
+            if let Some((o, first)) = inner.hot.count(c, stamp) {
+                self.kids.push(o);
+                self.referenced += u64::from(first && o < self.start);
+                continue;
+            }
+            let o = inner.resolve(c)?.ok_or_else(|| {
+                StoreError::Invalid(format!("composite {} names child {} that was never stored", op.hash, c))
+            })?;
+            self.kids.push(o);
+            if !self.missed.iter().any(|&(_, m)| m == o) {
+                self.missed.push((*c, o));
+                if !inner.d.state.incref(o) {
+                    return Err(removed_child(&inner.dir, o));
+                }
+                self.referenced += u64::from(o < self.start);
+            }
+        }
+        let m = op.modality;
+        let kids = &self.kids;
+        let off = inner.append(|buf, own| record::encode_node(buf, own, m.as_u8(), &op.hash, &op.pos, kids))?;
+        inner.d.index(off, op.hash, key);
+        inner.d.state.counters.at(m.as_u8()).composites += 1;
+        for &(h, o) in &self.missed {
+            inner.hot.place(&mut inner.d.state, h, o, false).map_err(|o| removed_child(&inner.dir, o))?;
+        }
+        Ok(off)
+    }
+}
+
+fn removed_child(dir: &Path, off: u64) -> StoreError {
+    corrupt(dir, off, "a composite references a removed atom")
+}
+
+impl Session for EmbeddedSession<'_> {
+    fn put(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        let mut guard = self.store.inner.write().expect("lock");
+        let inner = &mut *guard;
+        inner.check()?;
+        let r = self.put_ops(inner, batch);
+        // References gathered in the cache reach the state whatever happened, so that it
+        // matches the log (everything appended stays appended).
+        let f = inner.hot.flush(&mut inner.d.state);
+        r?;
+        f.map_err(|o| corrupt(&inner.dir, o, "a composite references a removed atom"))?;
         inner.maybe_checkpoint()
     }
 
@@ -1096,6 +1232,7 @@ impl Store for EmbeddedStore {
             created: 0,
             referenced: 0,
             kids: Vec::with_capacity(hart_core::MAX_FANOUT),
+            missed: Vec::new(),
             done: false,
         }))
     }

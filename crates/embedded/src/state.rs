@@ -90,6 +90,35 @@ impl State {
         true
     }
 
+    /// Add `n` references at once (what `n` calls of [`State::incref`] do); false if the atom
+    /// was removed.
+    #[inline]
+    pub fn add_refs(&mut self, off: u64, n: u32) -> bool {
+        if n == 0 {
+            return !self.is_dead(off);
+        }
+        match self.refs.get_mut(&off) {
+            None => {
+                self.refs.insert(off, n + 1);
+            }
+            Some(&mut DEAD) => return false,
+            Some(c) if *c + n == 1 => {
+                self.refs.remove(&off);
+            }
+            Some(c) => *c += n,
+        }
+        true
+    }
+
+    /// An atom created with `n` references already (what [`State::created`] and `n` calls of
+    /// [`State::incref`] do).
+    #[inline]
+    pub fn created_with(&mut self, off: u64, n: u32) {
+        if n != 1 {
+            self.refs.insert(off, n);
+        }
+    }
+
     /// Drop a reference; the new count, or None if it was already zero or removed.
     #[inline]
     pub fn decref(&mut self, off: u64) -> Option<u32> {
@@ -181,5 +210,40 @@ impl State {
             next_object: meta.next_object,
             counters: meta.counters,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `add_refs(n)` and `created_with(n)` leave the map as `n` calls of `incref` would.
+    #[test]
+    fn batched_references_equal_single_ones() {
+        for start in [None, Some(0), Some(2), Some(7)] {
+            for n in 0..5 {
+                let (mut one, mut many) = (State::default(), State::default());
+                if let Some(c) = start {
+                    one.refs.insert(9, c);
+                    many.refs.insert(9, c);
+                }
+                for _ in 0..n {
+                    assert!(one.incref(9));
+                }
+                assert!(many.add_refs(9, n));
+                assert_eq!(one.refs, many.refs, "start {start:?}, n {n}");
+            }
+            let (mut one, mut many) = (State::default(), State::default());
+            one.created(5);
+            for _ in 0..start.unwrap_or(1) {
+                one.incref(5);
+            }
+            many.created_with(5, start.unwrap_or(1));
+            assert_eq!(one.refs, many.refs);
+        }
+        let mut s = State::default();
+        s.refs.insert(3, DEAD);
+        assert!(!s.add_refs(3, 1));
+        assert!(!s.add_refs(3, 0));
     }
 }

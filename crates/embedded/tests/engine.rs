@@ -148,3 +148,67 @@ fn many_objects_cross_checkpoints() {
     let pre = &roots[0].0.to_hex()[..10];
     assert_eq!(store.find_prefix(pre, 5).unwrap(), vec![roots[0].0]);
 }
+
+/// Two leaves whose hashes agree in their low 20 bits of the first eight bytes: they share a
+/// slot of the writer's direct-mapped cache (whatever its size up to 2^20).
+fn colliding_leaves() -> [(Vec<u8>, Child); 2] {
+    let mut seen = std::collections::HashMap::new();
+    for i in 0u32.. {
+        let v = format!("leaf {i}").into_bytes();
+        let (hash, pos) = leaf_identity(Modality::Binary, &v);
+        let slot = u64::from_le_bytes(hash.0[..8].try_into().unwrap()) & 0xf_ffff;
+        if let Some((w, c)) = seen.insert(slot, (v.clone(), Child { hash, pos })) {
+            return [(w, c), (v, Child { hash, pos })];
+        }
+    }
+    unreachable!()
+}
+
+fn node(batch: &mut Batch, kids: &[Child]) -> Child {
+    let made = hart_core::tree::make_node(Modality::Binary, kids, &mut |_| {});
+    batch.push_node(Modality::Binary, made.hash, made.pos, kids.iter().map(|c| c.hash));
+    made
+}
+
+/// References gathered in the writer's cache during a put: a child repeated in one composite
+/// counts once, also when it shares a cache slot with another child of that composite, and
+/// counts are exact after each put, across puts, after reopening, and after rm + gc.
+#[test]
+fn repeated_and_colliding_children_count_once_per_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let [(va, a), (vb, b)] = colliding_leaves();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let mut s = store.begin(SourceInfo { uri: "x".into(), modality: Modality::Binary, size: None }).unwrap();
+    let mut first = Batch::default();
+    first.push_leaf(Modality::Binary, a.hash, a.pos, &va);
+    first.push_leaf(Modality::Binary, b.hash, b.pos, &vb);
+    let x = node(&mut first, &[a, b, a, b, a]);
+    s.put(&first).unwrap();
+    let mut second = Batch::default();
+    let y = node(&mut second, &[b, a, b]);
+    let root = node(&mut second, &[x, y, x, a]);
+    s.put(&second).unwrap();
+    let (xs, ys) = ([&va[..], &vb, &va, &vb, &va].concat(), [&vb[..], &va, &vb].concat());
+    let data = [&xs[..], &ys, &xs, &va].concat();
+    let summary =
+        ObjectSummary { source_hash: Hash(*blake3::hash(&data).as_bytes()), size: data.len() as u64, occurrences: 16 };
+    let info = s.commit(&root.hash, &summary).unwrap();
+    assert_eq!(info.atoms_created, 5);
+    let refs = |store: &EmbeddedStore, c: &Child| store.get(&c.hash).unwrap().unwrap().ref_count;
+    let expect = [(a, 3), (b, 2), (x, 1), (y, 1), (root, 1)];
+    for (c, n) in expect {
+        assert_eq!(refs(&store, &c), n, "{:?}", c.hash);
+    }
+    assert_eq!(cat(&store, &root.hash), data);
+    let f = store.fsck(&|_, _| {}).unwrap();
+    assert!(f.ok(), "{:?}", f.problems);
+    drop(store);
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    for (c, n) in expect {
+        assert_eq!(refs(&store, &c), n, "{:?} after reopening", c.hash);
+    }
+    store.delete_object(info.id).unwrap();
+    assert_eq!(store.gc().unwrap().atoms_removed, 5);
+    let f = store.fsck(&|_, _| {}).unwrap();
+    assert!(f.ok(), "{:?}", f.problems);
+}
