@@ -23,6 +23,8 @@ const BLOOM_BITS_PER_KEY: u64 = 10;
 /// Probes per key, all inside one 512-bit block (one cache line).
 const BLOOM_K: u32 = 6;
 const BLOCK_WORDS: usize = 8;
+/// Bytes gathered before a run writer checksums and writes them.
+const WRITE_BLOCK: usize = 64 << 10;
 /// Runs with more entries than this are written without a bloom filter.
 const RUN_BLOOM_MAX_KEYS: usize = if cfg!(test) { 2000 } else { 4 << 20 };
 
@@ -148,10 +150,18 @@ impl<const K: usize> Run<K> {
         let mut bloom = vec![0u64; blocks * BLOCK_WORDS];
         let mut crc = crc32fast::Hasher::new();
         let mut count = 0u64;
-        let mut entry = [0u8; 64];
         let mut fences: Vec<[u8; K]> = Vec::with_capacity(cap.div_ceil(BLOCK));
+        // Entries are gathered a block at a time, so the checksum and the writer see large
+        // slices rather than one call per 24-byte entry.
+        let mut block: Vec<u8> = Vec::with_capacity(WRITE_BLOCK + 64);
+        let mut flush = |block: &mut Vec<u8>, w: &mut BufWriter<File>| {
+            crc.update(block);
+            let r = w.write_all(block);
+            block.clear();
+            r
+        };
         for (k, v) in entries {
-            if count as usize % BLOCK == 0 {
+            if (count as usize).is_multiple_of(BLOCK) {
                 fences.push(k);
             }
             if blocks > 0 {
@@ -159,20 +169,26 @@ impl<const K: usize> Run<K> {
                     bloom[w] |= m;
                 }
             }
-            entry[..K].copy_from_slice(&k);
-            entry[K..K + 8].copy_from_slice(&v.to_le_bytes());
-            crc.update(&entry[..K + 8]);
-            w.write_all(&entry[..K + 8]).map_err(io("write"))?;
+            block.extend_from_slice(&k);
+            block.extend_from_slice(&v.to_le_bytes());
             count += 1;
+            if block.len() >= WRITE_BLOCK {
+                flush(&mut block, &mut w).map_err(io("write"))?;
+            }
         }
         for word in &bloom {
-            crc.update(&word.to_le_bytes());
-            w.write_all(&word.to_le_bytes()).map_err(io("write"))?;
+            block.extend_from_slice(&word.to_le_bytes());
+            if block.len() >= WRITE_BLOCK {
+                flush(&mut block, &mut w).map_err(io("write"))?;
+            }
         }
         for f in &fences {
-            crc.update(f);
-            w.write_all(f).map_err(io("write"))?;
+            block.extend_from_slice(f);
+            if block.len() >= WRITE_BLOCK {
+                flush(&mut block, &mut w).map_err(io("write"))?;
+            }
         }
+        flush(&mut block, &mut w).map_err(io("write"))?;
         let mut header = [0u8; RUN_HEADER];
         header[..8].copy_from_slice(RUN_MAGIC);
         header[8..16].copy_from_slice(&(K as u64).to_le_bytes());
@@ -463,13 +479,18 @@ impl<const K: usize> Runs<K> {
         self.global.is_some()
     }
 
+    /// False when no run can hold a key starting with `prefix` (the global bloom says so,
+    /// or there are no runs).
+    #[inline]
+    pub fn may_contain(&self, prefix: &[u8; GLOBAL_PREFIX]) -> bool {
+        !self.runs.is_empty() && self.global.as_ref().is_none_or(|g| g.contains(slice_hashes(prefix)))
+    }
+
     /// Offsets of every entry whose key starts with `prefix` ([`GLOBAL_PREFIX`] bytes),
     /// asking the global bloom first (writers).
     pub fn candidates(&self, prefix: &[u8; GLOBAL_PREFIX], out: &mut Vec<u64>) -> Result<(), StoreError> {
-        if let Some(g) = &self.global {
-            if !g.contains(slice_hashes(prefix)) {
-                return Ok(());
-            }
+        if !self.may_contain(prefix) {
+            return Ok(());
         }
         for r in self.runs.iter().rev() {
             r.find_prefix_pread(prefix, out)?;

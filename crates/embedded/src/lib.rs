@@ -70,19 +70,21 @@ pub struct OpenOptions {
     pub sync_every_commit: bool,
 }
 
-/// The writer's cache of atoms recently put or found: a direct-mapped table (the tokens of a
-/// text repeat constantly) in front of a two-generation map of atoms found in the indexes.
-/// Only live atoms are cached; `gc`, the only way an atom dies, clears it (and runs with no
-/// session open).
+/// The writer's cache of atoms recently put or found: two direct-mapped tables, one for leaves
+/// (the tokens of a text repeat constantly) and a smaller one for composites (a parent follows
+/// its children closely), in front of a two-generation map of atoms found in the indexes. Only
+/// live atoms are cached; `gc`, the only way an atom dies, clears it (and runs with no session
+/// open).
 ///
 /// During a `put`, a slot also gathers the references its atom gains (and, for an atom created
 /// in this `put`, its creation), so that a token used ten thousand times in a batch updates
 /// the reference counts once. Every `put` ends with [`HotCache::flush`]: between calls the
 /// state holds every count exactly.
 struct HotCache {
+    /// [`LEAF_SLOTS`] slots for leaves, then [`NODE_SLOTS`] for composites.
     direct: Vec<Slot>,
     map: hart_store::BoundedMap<Hash, u64>,
-    /// Slots whose `pending` or `fresh` may be set.
+    /// Slots whose `pending` may be non-zero.
     dirty: Vec<u32>,
     /// Number of the composite whose children are being counted (see [`Slot::stamp`]).
     stamp: u32,
@@ -100,36 +102,54 @@ struct Slot {
     pending: u32,
 }
 
-const DIRECT_SLOTS: usize = 1 << 15;
+const LEAF_SLOTS: usize = 1 << 15;
+const NODE_SLOTS: usize = 1 << 12;
 const EMPTY: Slot = Slot { hash: Hash([0xff; 32]), off: u64::MAX, stamp: 0, pending: 0 };
 const FRESH: u32 = 1 << 31;
 
 impl HotCache {
     fn new() -> Self {
         HotCache {
-            direct: vec![EMPTY; DIRECT_SLOTS],
+            direct: vec![EMPTY; LEAF_SLOTS + NODE_SLOTS],
             map: hart_store::BoundedMap::new(HOT_CACHE),
             dirty: Vec::new(),
             stamp: 0,
         }
     }
 
+    /// The slot `hash` may occupy among leaves, or among composites.
     #[inline]
-    fn slot(hash: &Hash) -> usize {
-        (hash.prefix_u64() as usize) & (DIRECT_SLOTS - 1)
+    fn slot(hash: &Hash, leaf: bool) -> usize {
+        let p = hash.prefix_u64() as usize;
+        if leaf {
+            p & (LEAF_SLOTS - 1)
+        } else {
+            LEAF_SLOTS + ((p >> 32) & (NODE_SLOTS - 1))
+        }
     }
 
-    /// The offset of a cached atom, from the direct table only.
+    /// The slot holding `hash`, if any.
+    #[inline]
+    fn find(&self, hash: &Hash) -> Option<usize> {
+        let holds = |i: usize| self.direct[i].hash == *hash && self.direct[i].off != u64::MAX;
+        let i = Self::slot(hash, true);
+        if holds(i) {
+            return Some(i);
+        }
+        let i = Self::slot(hash, false);
+        holds(i).then_some(i)
+    }
+
+    /// The offset of a cached atom, from the direct tables only.
     #[inline]
     fn direct(&self, hash: &Hash) -> Option<u64> {
-        let s = &self.direct[Self::slot(hash)];
-        (s.hash == *hash && s.off != u64::MAX).then_some(s.off)
+        self.find(hash).map(|i| self.direct[i].off)
     }
 
     /// Put an atom in its direct slot (after applying what the atom there gathered).
     #[inline]
-    fn place(&mut self, state: &mut State, hash: Hash, off: u64, fresh: bool) -> Result<(), u64> {
-        let i = Self::slot(&hash);
+    fn place(&mut self, state: &mut State, hash: Hash, off: u64, leaf: bool, fresh: bool) -> Result<(), u64> {
+        let i = Self::slot(&hash, leaf);
         self.settle(state, i)?;
         self.direct[i] = Slot { hash, off, stamp: 0, pending: if fresh { FRESH } else { 0 } };
         if fresh {
@@ -181,11 +201,8 @@ impl HotCache {
     /// atom is not in its slot.
     #[inline]
     fn count(&mut self, hash: &Hash, stamp: u32) -> Option<(u64, bool)> {
-        let i = Self::slot(hash);
+        let i = self.find(hash)?;
         let s = &mut self.direct[i];
-        if s.hash != *hash || s.off == u64::MAX {
-            return None;
-        }
         if s.stamp == stamp {
             return Some((s.off, false));
         }
@@ -558,8 +575,16 @@ impl Inner {
         if let Some(&o) = self.d.kmem.get(key).filter(|o| live(o)) {
             return Ok(Probe::Collision(o));
         }
+        let prefix = hash.0[..8].try_into().expect("8");
+        if !self.hruns.may_contain(prefix) {
+            return Ok(Probe::New);
+        }
+        // Atoms recently found in the runs (a file much like the one before).
+        if let Some(o) = self.hot.map.get(hash) {
+            return Ok(Probe::Found(o));
+        }
         let mut cand = Vec::new();
-        self.hruns.candidates(hash.0[..8].try_into().expect("8"), &mut cand)?;
+        self.hruns.candidates(prefix, &mut cand)?;
         for o in cand.into_iter().filter(live) {
             let (m, h, p, _) = self.identity(o)?;
             if h == *hash {
@@ -672,7 +697,9 @@ impl Inner {
         self.log.write_frame()?;
         let index_dir = self.dir.join("index");
         let state = &self.d.state;
-        let keep = |o: u64| !state.is_dead(o);
+        // No atom was ever removed: nothing to filter out (one map lookup less per entry).
+        let any_dead = state.counters.dead_atoms > 0;
+        let keep = |o: u64| !any_dead || !state.is_dead(o);
         let mut next = self.manifest.next_run;
         if !self.d.hmem.is_empty() {
             let mut e: Vec<([u8; 16], u64)> = self
@@ -1036,14 +1063,14 @@ impl EmbeddedSession<'_> {
                 )));
             }
             let key = HilbertKey::new(op.modality, &op.pos);
-            let found = match inner.hot.map.get_promote(&op.hash) {
-                Some(o) => Probe::Found(o),
-                None => inner.probe(&op.hash, &key)?,
-            };
-            match found {
+            match inner.probe(&op.hash, &key)? {
                 Probe::Found(o) => {
                     inner.hot.map.insert(op.hash, o);
-                    inner.hot.place(&mut inner.d.state, op.hash, o, false).map_err(|o| removed_child(&inner.dir, o))?;
+                    let leaf = op.kind == AtomKind::Leaf;
+                    inner
+                        .hot
+                        .place(&mut inner.d.state, op.hash, o, leaf, false)
+                        .map_err(|o| removed_child(&inner.dir, o))?;
                     continue;
                 }
                 Probe::Collision(o) => {
@@ -1078,7 +1105,8 @@ impl EmbeddedSession<'_> {
                 AtomKind::Node => self.put_node(inner, batch, op, &key)?,
             };
             self.created += 1;
-            inner.hot.place(&mut inner.d.state, op.hash, off, true).map_err(|o| removed_child(&inner.dir, o))?;
+            let leaf = op.kind == AtomKind::Leaf;
+            inner.hot.place(&mut inner.d.state, op.hash, off, leaf, true).map_err(|o| removed_child(&inner.dir, o))?;
         }
         Ok(())
     }
@@ -1115,7 +1143,8 @@ impl EmbeddedSession<'_> {
         inner.d.index(off, op.hash, key);
         inner.d.state.counters.at(m.as_u8()).composites += 1;
         for &(h, o) in &self.missed {
-            inner.hot.place(&mut inner.d.state, h, o, false).map_err(|o| removed_child(&inner.dir, o))?;
+            // Most children are leaves (tokens): a composite found here goes among them too.
+            inner.hot.place(&mut inner.d.state, h, o, true, false).map_err(|o| removed_child(&inner.dir, o))?;
         }
         Ok(off)
     }

@@ -79,17 +79,24 @@ pub fn encode_leaf(buf: &mut Vec<u8>, modality: u8, value: &[u8]) {
 }
 
 pub fn encode_node(buf: &mut Vec<u8>, own: u64, modality: u8, hash: &Hash, pos: &Position, children: &[u64]) {
-    buf.push(NODE);
-    buf.push(modality);
-    buf.extend_from_slice(&hash.0);
-    for c in pos.coords() {
-        buf.extend_from_slice(&c.to_le_bytes());
+    // Sized for the longest encoding, written by index, cut to length: one capacity check
+    // instead of one per byte.
+    let start = buf.len();
+    buf.resize(start + 50 + varint::MAX_LEN * (children.len() + 1), 0);
+    let out = &mut buf[start..];
+    out[0] = NODE;
+    out[1] = modality;
+    out[2..34].copy_from_slice(&hash.0);
+    for (i, c) in pos.coords().into_iter().enumerate() {
+        out[34 + 4 * i..38 + 4 * i].copy_from_slice(&c.to_le_bytes());
     }
-    varint::put(buf, children.len() as u64);
+    let mut p = 50;
+    p += varint::write(&mut out[p..], children.len() as u64);
     for &c in children {
         debug_assert!(c < own);
-        varint::put(buf, own - c);
+        p += varint::write(&mut out[p..], own - c);
     }
+    buf.truncate(start + p);
 }
 
 pub fn encode_obj(buf: &mut Vec<u8>, tag: u8, id: u64, root: Option<u64>, json: &[u8]) {

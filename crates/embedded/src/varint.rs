@@ -1,5 +1,49 @@
 //! LEB128 unsigned varints, the integer encoding of log records.
 
+/// Longest encoding of a u64.
+pub const MAX_LEN: usize = 10;
+
+/// Encode `v` at the start of `out` (at least [`MAX_LEN`] bytes); returns the bytes used.
+/// Bytes of `out` past them may be overwritten.
+#[inline(always)]
+pub fn write(out: &mut [u8], v: u64) -> usize {
+    if v < 1 << 56 {
+        // Up to eight bytes at once: spread the 7-bit groups a byte apart, set the
+        // continuation bit of every byte but the last, store one word.
+        let n = (64 - (v | 1).leading_zeros() as usize).div_ceil(7);
+        let mut x = 0u64;
+        for g in 0..8 {
+            x |= (v & (0x7f << (7 * g))) << g;
+        }
+        x |= CONTINUATION[n];
+        out[..8].copy_from_slice(&x.to_le_bytes());
+        return n;
+    }
+    write_slow(out, v)
+}
+
+/// The continuation bits of an encoding of `n` bytes (1..=8).
+const CONTINUATION: [u64; 9] = {
+    let mut t = [0u64; 9];
+    let mut n = 2;
+    while n <= 8 {
+        t[n] = 0x8080_8080_8080_8080 >> (8 * (9 - n));
+        n += 1;
+    }
+    t
+};
+
+fn write_slow(out: &mut [u8], mut v: u64) -> usize {
+    let mut i = 0;
+    while v >= 0x80 {
+        out[i] = (v as u8) | 0x80;
+        v >>= 7;
+        i += 1;
+    }
+    out[i] = v as u8;
+    i + 1
+}
+
 #[inline]
 pub fn put(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -32,6 +76,15 @@ mod tests {
             let mut b = Vec::new();
             super::put(&mut b, v);
             prop_assert_eq!(super::get(&b), Some((v, b.len())));
+            let mut w = [0xaau8; super::MAX_LEN];
+            let n = super::write(&mut w, v);
+            prop_assert_eq!(&w[..n], &b[..]);
+            // Small values too (the fast path), whatever the bytes around them.
+            let small = v >> (v % 64);
+            let mut b = Vec::new();
+            super::put(&mut b, small);
+            let n = super::write(&mut w, small);
+            prop_assert_eq!(&w[..n], &b[..]);
         }
     }
 }
