@@ -7,7 +7,8 @@
 //! positions and tree building happen downstream (`hart_core::tree`).
 //!
 //! **API boundary:** [`LeafSink`], [`Decoder`], the decoders ([`BinaryChunker`],
-//! [`TextTokenizer`]), [`Utf8Validator`], [`choose_modality`] and [`decoder_for`].
+//! [`TextTokenizer`]), [`Utf8Validator`], [`choose_modality`], [`decoder_for`] and
+//! [`StaticDecoder`].
 //!
 //! **Architecture invariant:** the leaves a decoder emits are part of the on-disk format (they
 //! decide the atoms). Changing a token rule or the chunker's gear table or constants is a
@@ -58,6 +59,41 @@ pub fn decoder_for(m: Modality) -> Box<dyn Decoder + Send> {
     match m {
         Modality::Text => Box::new(TextTokenizer::new()),
         _ => Box::new(BinaryChunker::new()),
+    }
+}
+
+/// [`decoder_for`] as a value rather than a trait object: the sink's methods are called
+/// directly in the decoder's loop (and inlined there), which matters at one call per token.
+#[derive(Clone, Debug)]
+pub enum StaticDecoder {
+    Text(TextTokenizer),
+    Binary(BinaryChunker),
+}
+
+impl StaticDecoder {
+    /// The decoder [`decoder_for`] would give for `m`.
+    pub fn for_modality(m: Modality) -> Self {
+        match m {
+            Modality::Text => StaticDecoder::Text(TextTokenizer::new()),
+            _ => StaticDecoder::Binary(BinaryChunker::new()),
+        }
+    }
+
+    /// [`Decoder::feed`].
+    #[inline]
+    pub fn feed_with<S: LeafSink + ?Sized>(&mut self, data: &[u8], sink: &mut S) {
+        match self {
+            StaticDecoder::Text(d) => d.feed_with(data, sink),
+            StaticDecoder::Binary(d) => d.feed_with(data, sink),
+        }
+    }
+
+    /// [`Decoder::finish`].
+    pub fn finish_with<S: LeafSink + ?Sized>(&mut self, sink: &mut S) {
+        match self {
+            StaticDecoder::Text(d) => d.finish_with(sink),
+            StaticDecoder::Binary(d) => d.finish_with(sink),
+        }
     }
 }
 

@@ -288,7 +288,7 @@ fn decode_stream(
     let threaded = size.unwrap_or(0) >= PIPELINE_MIN;
     std::thread::scope(|s| {
         let mut leaves = LeafStage::new(modality, NodeStage::new(modality, tx.clone()), threaded.then_some(s));
-        let mut decoder = hart_decode::decoder_for(modality);
+        let mut decoder = hart_decode::StaticDecoder::for_modality(modality);
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; READ_BLOCK];
         let mut total = 0u64;
@@ -303,7 +303,7 @@ fn decode_stream(
                 }
             };
             hasher.update(&buf[..n]);
-            decoder.feed(&buf[..n], &mut leaves);
+            decoder.feed_with(&buf[..n], &mut leaves);
             total += n as u64;
             progress.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
             if leaves.closed {
@@ -311,7 +311,7 @@ fn decode_stream(
                 return Ok(());
             }
         }
-        decoder.finish(&mut leaves);
+        decoder.finish_with(&mut leaves);
         let Some((root, occurrences)) = leaves.finish() else { return Ok(()) };
         let summary = ObjectSummary { source_hash: Hash(*hasher.finalize().as_bytes()), size: total, occurrences };
         let _ = tx.send(Msg::End { root, summary });
@@ -330,10 +330,20 @@ struct Chunk {
     ends: Vec<u32>,
 }
 
+impl Chunk {
+    fn with_capacity() -> Self {
+        Chunk {
+            batch: Batch::default(),
+            kids: Vec::with_capacity(CHUNK_KIDS),
+            ends: Vec::with_capacity(CHUNK_KIDS / 8),
+        }
+    }
+}
+
 /// Where the leaf stage hands its chunks.
 enum Downstream<'scope> {
     Inline(Box<NodeStage>),
-    Thread(Sender<Chunk>, std::thread::ScopedJoinHandle<'scope, Option<(Hash, u64)>>),
+    Thread(Sender<Chunk>, Receiver<Chunk>, std::thread::ScopedJoinHandle<'scope, Option<(Hash, u64)>>),
     Done,
 }
 
@@ -344,10 +354,61 @@ pub struct LeafStage<'scope> {
     grouped: bool,
     chunk: Chunk,
     emitted: BoundedMap<Hash, ()>,
+    /// Recent tokens of up to [`SHORT_TOKEN`] bytes, and longer ones.
+    short: Vec<ShortToken>,
     leaf_cache: FxHashMap<u64, CachedLeaf>,
     occurrences: u64,
     down: Downstream<'scope>,
     closed: bool,
+}
+
+/// Tokens of at most this many bytes (nearly all of them) are cached in a direct-mapped
+/// table keyed by their bytes, read as two words.
+const SHORT_TOKEN: usize = 16;
+/// Slots of that table.
+const SHORT_SLOTS: usize = 1 << 15;
+
+#[derive(Clone, Copy)]
+struct ShortToken {
+    /// The token's bytes, little-endian, zero-padded.
+    words: [u64; 2],
+    /// Its length; `u8::MAX` for an empty slot.
+    len: u8,
+    /// Already sent to the store during this file.
+    sent: bool,
+    child: Child,
+}
+
+const NO_TOKEN: ShortToken =
+    ShortToken { words: [0; 2], len: u8::MAX, sent: false, child: Child { hash: Hash([0; 32]), pos: ZERO_POS } };
+const ZERO_POS: hart_core::Position = hart_core::Position { x: 0, y: 0, z: 0, m: 0 };
+
+/// The bytes of a token of at most 16 bytes as two little-endian words, zero-padded, read
+/// with overlapping loads rather than byte by byte.
+#[inline(always)]
+fn short_words(v: &[u8]) -> [u64; 2] {
+    let n = v.len();
+    debug_assert!(n <= SHORT_TOKEN);
+    let u32_at = |i: usize| u64::from(u32::from_le_bytes(v[i..i + 4].try_into().expect("4")));
+    let u64_at = |i: usize| u64::from_le_bytes(v[i..i + 8].try_into().expect("8"));
+    if n >= 8 {
+        // Bytes 8..n: the last eight bytes shifted down past the ones already in word 0.
+        let hi = if n > 8 { u64_at(n - 8) >> (8 * (16 - n)) } else { 0 };
+        [u64_at(0), hi]
+    } else if n >= 4 {
+        [u32_at(0) | (u32_at(n - 4) << (8 * (n - 4))), 0]
+    } else if n > 0 {
+        let b = |i: usize| u64::from(v[i]);
+        [b(0) | (b(n / 2) << (8 * (n / 2))) | (b(n - 1) << (8 * (n - 1))), 0]
+    } else {
+        [0, 0]
+    }
+}
+
+#[inline(always)]
+fn short_slot(words: [u64; 2], len: u8) -> usize {
+    let h = (words[0] ^ words[1].rotate_left(29) ^ u64::from(len)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> (64 - SHORT_SLOTS.trailing_zeros())) as usize
 }
 
 struct CachedLeaf {
@@ -369,23 +430,28 @@ impl<'scope> LeafStage<'scope> {
             None => Downstream::Inline(Box::new(nodes)),
             Some(s) => {
                 let (tx, rx) = bounded::<Chunk>(2);
+                // Emptied chunks come back, so their buffers are reused rather than
+                // allocated (and faulted in) again for every chunk.
+                let (back_tx, back_rx) = bounded::<Chunk>(3);
                 let handle = s.spawn(move || {
                     let mut nodes = nodes;
-                    for chunk in rx {
-                        if !nodes.consume(chunk) {
+                    for mut chunk in rx {
+                        if !nodes.consume(&mut chunk) {
                             return None;
                         }
+                        let _ = back_tx.try_send(chunk);
                     }
                     nodes.finish()
                 });
-                Downstream::Thread(tx, handle)
+                Downstream::Thread(tx, back_rx, handle)
             }
         };
         LeafStage {
             modality,
             grouped: modality != Modality::Binary,
-            chunk: Chunk::default(),
+            chunk: Chunk::with_capacity(),
             emitted: BoundedMap::new(EMITTED_CAP),
+            short: if modality == Modality::Binary { Vec::new() } else { vec![NO_TOKEN; SHORT_SLOTS] },
             leaf_cache: FxHashMap::default(),
             occurrences: 0,
             down,
@@ -394,12 +460,36 @@ impl<'scope> LeafStage<'scope> {
     }
 
     /// Hash and place a leaf, and say whether it still has to be sent to the store.
+    #[inline]
     fn identify(&mut self, value: &[u8]) -> (Child, bool) {
         if !self.grouped {
             let (hash, pos) = leaf_identity(self.modality, value);
             let child = Child { hash, pos };
             return (child, self.emitted.insert(hash, ()));
         }
+        if value.len() <= SHORT_TOKEN {
+            let words = short_words(value);
+            let len = value.len() as u8;
+            let i = short_slot(words, len);
+            let s = &mut self.short[i];
+            if s.len == len && s.words == words {
+                let send = !s.sent;
+                s.sent = true;
+                return (s.child, send);
+            }
+            let (hash, pos) = leaf_identity(self.modality, value);
+            let child = Child { hash, pos };
+            // The token may have been sent before it lost its slot: ask the other cache.
+            let send = self.emitted.insert(hash, ());
+            self.short[i] = ShortToken { words, len, sent: true, child };
+            return (child, send);
+        }
+        self.identify_long(value)
+    }
+
+    /// [`LeafStage::identify`] for tokens longer than [`SHORT_TOKEN`] bytes.
+    #[inline(never)]
+    fn identify_long(&mut self, value: &[u8]) -> (Child, bool) {
         let mut h = rustc_hash::FxBuildHasher.build_hasher();
         h.write(value);
         let k = h.finish();
@@ -427,10 +517,12 @@ impl<'scope> LeafStage<'scope> {
         if self.chunk.kids.is_empty() && self.chunk.batch.is_empty() {
             return;
         }
-        let chunk = std::mem::take(&mut self.chunk);
         let ok = match &mut self.down {
-            Downstream::Inline(nodes) => nodes.consume(chunk),
-            Downstream::Thread(tx, _) => tx.send(chunk).is_ok(),
+            Downstream::Inline(nodes) => nodes.consume(&mut self.chunk),
+            Downstream::Thread(tx, back, _) => {
+                let fresh = back.try_recv().unwrap_or_else(|_| Chunk::with_capacity());
+                tx.send(std::mem::replace(&mut self.chunk, fresh)).is_ok()
+            }
             Downstream::Done => false,
         };
         self.closed |= !ok;
@@ -442,7 +534,7 @@ impl<'scope> LeafStage<'scope> {
         self.hand_off();
         let (root, nodes) = match std::mem::replace(&mut self.down, Downstream::Done) {
             Downstream::Inline(nodes) => nodes.finish()?,
-            Downstream::Thread(tx, handle) => {
+            Downstream::Thread(tx, _, handle) => {
                 drop(tx);
                 handle.join().ok()??
             }
@@ -458,7 +550,35 @@ impl<'scope> LeafStage<'scope> {
 }
 
 impl LeafSink for LeafStage<'_> {
+    /// The common case inline (a token in the short cache, already sent): one table probe
+    /// and a push; everything else out of line.
+    #[inline]
     fn leaf(&mut self, value: &[u8]) {
+        if self.grouped && value.len() <= SHORT_TOKEN {
+            let words = short_words(value);
+            let len = value.len() as u8;
+            let s = &self.short[short_slot(words, len)];
+            if s.len == len && s.words == words && s.sent {
+                let child = s.child;
+                self.occurrences += 1;
+                self.chunk.kids.push(child);
+                if self.chunk.kids.len() >= CHUNK_KIDS {
+                    self.hand_off();
+                }
+                return;
+            }
+        }
+        self.leaf_slow(value);
+    }
+
+    fn end_group(&mut self) {
+        self.chunk.ends.push(self.chunk.kids.len() as u32);
+    }
+}
+
+impl LeafStage<'_> {
+    #[inline(never)]
+    fn leaf_slow(&mut self, value: &[u8]) {
         let (child, send) = self.identify(value);
         self.occurrences += 1;
         if send {
@@ -468,10 +588,6 @@ impl LeafSink for LeafStage<'_> {
         if self.chunk.kids.len() >= CHUNK_KIDS || self.chunk.batch.len() >= BATCH_OPS {
             self.hand_off();
         }
-    }
-
-    fn end_group(&mut self) {
-        self.chunk.ends.push(self.chunk.kids.len() as u32);
     }
 }
 
@@ -512,13 +628,15 @@ impl NodeStage {
     /// from the previous chunk and lines too long for one composite go through the
     /// [`GroupBuilder`] one token at a time. Composites still reach the tree and the batch in
     /// input order.
-    fn consume(&mut self, chunk: Chunk) -> bool {
-        let Chunk { mut batch, kids, ends } = chunk;
+    /// The chunk's batch is sent on; its other buffers are left empty for reuse.
+    fn consume(&mut self, chunk: &mut Chunk) -> bool {
+        let mut batch = std::mem::take(&mut chunk.batch);
+        let (kids, ends) = (&chunk.kids, &chunk.ends);
         {
             let NodeStage { emitted, occurrences, tree, group, grouped, modality, msgs, hashes, .. } = self;
             let mut sink = node_sink(&mut batch, emitted, occurrences);
             if !*grouped {
-                for kid in &kids {
+                for kid in kids {
                     tree.push(*kid, &mut sink);
                 }
             } else {
@@ -530,7 +648,7 @@ impl NodeStage {
                 msgs.clear();
                 hashes.clear();
                 let mut start = 0;
-                for &end in &ends {
+                for &end in ends {
                     let end = end as usize;
                     if batched(start, end) {
                         push_node_encoding(msgs, *modality, kids[start..end].iter().map(|c| &c.hash));
@@ -540,7 +658,7 @@ impl NodeStage {
                 msgs.hash_all(hashes);
                 let mut next_hash = hashes.iter();
                 let mut start = 0;
-                for &end in &ends {
+                for &end in ends {
                     let end = end as usize;
                     let line = &kids[start..end];
                     let done = if batched(start, end) {
@@ -562,6 +680,8 @@ impl NodeStage {
                 }
             }
         }
+        chunk.kids.clear();
+        chunk.ends.clear();
         batch.is_empty() || self.tx.send(Msg::Batch(batch)).is_ok()
     }
 
@@ -644,5 +764,24 @@ pub fn ingest_reader(
         Ok(info) => Ok(info),
         Err(FileError::Store(e)) => Err(e),
         Err(FileError::Input(e)) => Err(StoreError::Invalid(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_words_are_the_zero_padded_bytes() {
+        let bytes: Vec<u8> = (1..=16).map(|i| i * 15).collect();
+        for n in 0..=SHORT_TOKEN {
+            let mut padded = [0u8; 16];
+            padded[..n].copy_from_slice(&bytes[..n]);
+            let expect = [
+                u64::from_le_bytes(padded[..8].try_into().unwrap()),
+                u64::from_le_bytes(padded[8..].try_into().unwrap()),
+            ];
+            assert_eq!(short_words(&bytes[..n]), expect, "length {n}");
+        }
     }
 }
