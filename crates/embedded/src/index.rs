@@ -59,7 +59,7 @@ pub fn key_hashes<const K: usize>(key: &[u8; K]) -> (u64, u64) {
 }
 
 #[inline]
-fn slice_hashes(key: &[u8]) -> (u64, u64) {
+pub fn slice_hashes(key: &[u8]) -> (u64, u64) {
     let mut a = 0x9e37_79b9_7f4a_7c15u64;
     for chunk in key.chunks(8) {
         let mut b = [0u8; 8];
@@ -114,6 +114,12 @@ impl Bloom {
 
     pub fn is_full(&self) -> bool {
         self.keys > self.capacity
+    }
+
+    /// Forget every key (the memory stays).
+    pub fn clear(&mut self) {
+        self.words.fill(0);
+        self.keys = 0;
     }
 
     pub fn memory(&self) -> usize {
@@ -483,7 +489,13 @@ impl<const K: usize> Runs<K> {
     /// or there are no runs).
     #[inline]
     pub fn may_contain(&self, prefix: &[u8; GLOBAL_PREFIX]) -> bool {
-        !self.runs.is_empty() && self.global.as_ref().is_none_or(|g| g.contains(slice_hashes(prefix)))
+        self.may_contain_hashed(slice_hashes(prefix))
+    }
+
+    /// [`Runs::may_contain`] with the prefix's [`slice_hashes`] already computed.
+    #[inline]
+    pub fn may_contain_hashed(&self, h: (u64, u64)) -> bool {
+        !self.runs.is_empty() && self.global.as_ref().is_none_or(|g| g.contains(h))
     }
 
     /// Offsets of every entry whose key starts with `prefix` ([`GLOBAL_PREFIX`] bytes),

@@ -4,7 +4,6 @@
 //! calling thread, files committed in the order given; channels between them are bounded, so
 //! memory stays bounded whatever the file sizes.
 
-use crate::BoundedMap;
 use crate::{Batch, ObjectInfo, ObjectSummary, SourceInfo, Store, StoreError};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use hart_core::atom::push_node_encoding;
@@ -25,8 +24,8 @@ const BATCH_OPS: usize = 8192;
 const CHANNEL_DEPTH: usize = 4;
 /// Read size.
 const READ_BLOCK: usize = 1 << 20;
-/// Entries per generation of the "already sent" cache.
-const EMITTED_CAP: usize = 1 << 16;
+/// Slots of the "already sent" table of each stage.
+const SENT_SLOTS: usize = 1 << 16;
 /// Entries of the token cache before it is dropped and rebuilt.
 const LEAF_CACHE_MAX: usize = 1 << 16;
 
@@ -353,7 +352,7 @@ pub struct LeafStage<'scope> {
     modality: Modality,
     grouped: bool,
     chunk: Chunk,
-    emitted: BoundedMap<Hash, ()>,
+    emitted: SentSet,
     /// Recent tokens of up to [`SHORT_TOKEN`] bytes, and longer ones.
     short: Vec<ShortToken>,
     leaf_cache: FxHashMap<u64, CachedLeaf>,
@@ -450,7 +449,7 @@ impl<'scope> LeafStage<'scope> {
             modality,
             grouped: modality != Modality::Binary,
             chunk: Chunk::with_capacity(),
-            emitted: BoundedMap::new(EMITTED_CAP),
+            emitted: SentSet::new(),
             short: if modality == Modality::Binary { Vec::new() } else { vec![NO_TOKEN; SHORT_SLOTS] },
             leaf_cache: FxHashMap::default(),
             occurrences: 0,
@@ -465,7 +464,7 @@ impl<'scope> LeafStage<'scope> {
         if !self.grouped {
             let (hash, pos) = leaf_identity(self.modality, value);
             let child = Child { hash, pos };
-            return (child, self.emitted.insert(hash, ()));
+            return (child, self.emitted.insert(hash));
         }
         if value.len() <= SHORT_TOKEN {
             let words = short_words(value);
@@ -480,7 +479,7 @@ impl<'scope> LeafStage<'scope> {
             let (hash, pos) = leaf_identity(self.modality, value);
             let child = Child { hash, pos };
             // The token may have been sent before it lost its slot: ask the other cache.
-            let send = self.emitted.insert(hash, ());
+            let send = self.emitted.insert(hash);
             self.short[i] = ShortToken { words, len, sent: true, child };
             return (child, send);
         }
@@ -508,7 +507,7 @@ impl<'scope> LeafStage<'scope> {
         let mut bytes = [0u8; hart_core::LEAF_MAX];
         bytes[..value.len()].copy_from_slice(value);
         // A token may have been sent before the cache was last cleared: ask the other cache.
-        let send = self.emitted.insert(hash, ());
+        let send = self.emitted.insert(hash);
         self.leaf_cache.insert(k, CachedLeaf { len: value.len() as u8, sent: true, bytes, child });
         (child, send)
     }
@@ -598,7 +597,7 @@ pub struct NodeStage {
     grouped: bool,
     group: GroupBuilder,
     tree: TreeBuilder,
-    emitted: BoundedMap<Hash, ()>,
+    emitted: SentSet,
     occurrences: u64,
     tx: Sender<Msg>,
     /// Encodings of the chunk's lines, hashed together, and their hashes.
@@ -613,7 +612,7 @@ impl NodeStage {
             grouped: modality != Modality::Binary,
             group: GroupBuilder::new(modality),
             tree: TreeBuilder::new(modality),
-            emitted: BoundedMap::new(EMITTED_CAP),
+            emitted: SentSet::new(),
             occurrences: 0,
             tx,
             msgs: Messages::new(),
@@ -717,14 +716,39 @@ impl NodeStage {
 
 fn node_sink<'a>(
     batch: &'a mut Batch,
-    emitted: &'a mut BoundedMap<Hash, ()>,
+    emitted: &'a mut SentSet,
     occurrences: &'a mut u64,
 ) -> impl FnMut(&NodeOut<'_>) + 'a {
     move |n: &NodeOut<'_>| {
         *occurrences += 1;
-        if emitted.insert(n.hash, ()) {
+        if emitted.insert(n.hash) {
             batch.push_node(n.modality, n.hash, n.pos, n.children.iter().map(|c| c.hash));
         }
+    }
+}
+
+/// Atoms already sent during this file, so that a repeated one is not sent again: a
+/// direct-mapped table of their hashes. It may forget an atom (which is then sent twice, and
+/// the store skips the second), but never holds one it was not given.
+struct SentSet {
+    slots: Vec<Hash>,
+}
+
+impl SentSet {
+    fn new() -> Self {
+        SentSet { slots: vec![Hash::default(); SENT_SLOTS] }
+    }
+
+    /// Remember `hash`; true if it was not remembered already (send it).
+    #[inline]
+    fn insert(&mut self, hash: Hash) -> bool {
+        let slot = &mut self.slots[(hash.prefix_u64() >> 40) as usize & (SENT_SLOTS - 1)];
+        // The all-zero hash marks an empty slot; an atom with that hash is always sent.
+        if *slot == hash && hash != Hash::default() {
+            return false;
+        }
+        *slot = hash;
+        true
     }
 }
 
@@ -783,5 +807,18 @@ mod tests {
             ];
             assert_eq!(short_words(&bytes[..n]), expect, "length {n}");
         }
+    }
+
+    #[test]
+    fn sent_set_forgets_but_never_invents() {
+        let mut s = SentSet::new();
+        let a = Hash([1; 32]);
+        let mut b = a;
+        b.0[31] = 2; // same slot, another atom
+        assert!(s.insert(a));
+        assert!(!s.insert(a));
+        assert!(s.insert(b));
+        assert!(s.insert(a), "a lost its slot to b: sent again");
+        assert!(s.insert(Hash::default()) && s.insert(Hash::default()));
     }
 }
