@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod pg;
+
 /// One part of the benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Section {
@@ -36,10 +38,20 @@ pub enum Section {
     Memory,
     /// Stored bytes ÷ input bytes and dedup ratios.
     Storage,
+    /// PostgreSQL: bulk loading beside a raw binary COPY of the same rows.
+    PgLoad,
+    /// PostgreSQL: point lookups beside `pgbench -S` on the same server.
+    PgLookup,
+    /// PostgreSQL: reconstruction of a 1 MiB and the large object.
+    PgCat,
+    /// PostgreSQL: how the loaded atoms spread over the partitions.
+    PgSpread,
 }
 
 impl Section {
     const ALL: [Section; 5] = [Section::Ingest, Section::Cat, Section::Lookup, Section::Memory, Section::Storage];
+    /// The sections run with --database-url.
+    const PG: [Section; 4] = [Section::PgLoad, Section::PgLookup, Section::PgCat, Section::PgSpread];
 
     fn title(self) -> &'static str {
         match self {
@@ -48,6 +60,10 @@ impl Section {
             Section::Lookup => "point lookups",
             Section::Memory => "peak memory",
             Section::Storage => "stored bytes",
+            Section::PgLoad => "PostgreSQL bulk load",
+            Section::PgLookup => "PostgreSQL point lookups",
+            Section::PgCat => "PostgreSQL reconstruction",
+            Section::PgSpread => "PostgreSQL partition spread (mixed corpus)",
         }
     }
 
@@ -58,6 +74,10 @@ impl Section {
             Section::Lookup => "lookup",
             Section::Memory => "memory",
             Section::Storage => "storage",
+            Section::PgLoad => "pg-load",
+            Section::PgLookup => "pg-lookup",
+            Section::PgCat => "pg-cat",
+            Section::PgSpread => "pg-spread",
         }
     }
 }
@@ -384,6 +404,8 @@ struct Ctx {
     files: HashMap<&'static str, PathBuf>,
     bin: Option<Fixture>,
     text: Option<Fixture>,
+    /// With --database-url: the PostgreSQL benchmark's state.
+    pg: Option<pg::PgCtx>,
 }
 
 impl Ctx {
@@ -451,6 +473,12 @@ impl Ctx {
 /// Ingest `paths` through the library pipeline into a fresh store at `dir`, then flush.
 fn ingest_into(dir: &Path, paths: &[PathBuf]) -> Result<(EmbeddedStore, Vec<ObjectInfo>, Duration)> {
     let store = EmbeddedStore::open(dir).with_context(|| format!("cannot open a store at {}", dir.display()))?;
+    let (infos, took) = ingest_paths(&store, paths)?;
+    Ok((store, infos, took))
+}
+
+/// Ingest `paths` into `store` as `hart ingest` does, then flush; the time of both.
+fn ingest_paths(store: &dyn Store, paths: &[PathBuf]) -> Result<(Vec<ObjectInfo>, Duration)> {
     let (files, errors) = collect_files(paths);
     if let Some((p, e)) = errors.first() {
         bail!("{}: {e}", p.display());
@@ -458,7 +486,7 @@ fn ingest_into(dir: &Path, paths: &[PathBuf]) -> Result<(EmbeddedStore, Vec<Obje
     let mut infos = Vec::new();
     let mut failed = Vec::new();
     let start = Instant::now();
-    ingest_files(&store, &files, &IngestOptions::default(), &Progress::default(), &mut |o| match o {
+    ingest_files(store, &files, &IngestOptions::default(), &Progress::default(), &mut |o| match o {
         Outcome::Stored { info, .. } => infos.push(info),
         Outcome::Failed { path, error } => failed.push(format!("{}: {error}", path.display())),
     })?;
@@ -467,7 +495,7 @@ fn ingest_into(dir: &Path, paths: &[PathBuf]) -> Result<(EmbeddedStore, Vec<Obje
     if !failed.is_empty() {
         bail!("ingest failed: {}", failed.join("; "));
     }
-    Ok((store, infos, took))
+    Ok((infos, took))
 }
 
 pub fn run(cli: &Cli, args: &BenchArgs) -> Result<u8> {
@@ -501,10 +529,34 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<u8> {
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build; figures are meaningless. Build with `cargo build --release`.");
     }
-    let mut ctx =
-        Ctx { set, dir: work.path.clone(), quiet, keep: args.keep, files: HashMap::new(), bin: None, text: None };
+    let database = crate::commands::database(cli)?;
+    let sections: &[Section] = if database.is_some() { &Section::PG } else { &Section::ALL };
+    if let Some(only) = args.only {
+        if !sections.contains(&only) {
+            bail!(
+                "section {:?} {}",
+                only.name(),
+                if database.is_some() { "is not a PostgreSQL section" } else { "needs --database-url" }
+            );
+        }
+    }
+    if let Some(db) = &database {
+        if !cli.json {
+            println!("server:  {db} (throwaway databases hart_bench_{}_* are created and dropped)", std::process::id());
+        }
+    }
+    let mut ctx = Ctx {
+        set,
+        dir: work.path.clone(),
+        quiet,
+        keep: args.keep,
+        files: HashMap::new(),
+        bin: None,
+        text: None,
+        pg: database.map(pg::PgCtx::new),
+    };
     let mut reports = Vec::new();
-    for s in Section::ALL {
+    for &s in sections {
         if args.only.is_some_and(|o| o != s) {
             continue;
         }
@@ -514,6 +566,10 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<u8> {
             Section::Lookup => lookup(&mut ctx),
             Section::Memory => memory(&mut ctx),
             Section::Storage => storage(&mut ctx),
+            Section::PgLoad => pg::load(&mut ctx),
+            Section::PgLookup => pg::lookup(&mut ctx),
+            Section::PgCat => pg::cat(&mut ctx),
+            Section::PgSpread => pg::spread(&mut ctx),
         }
         .with_context(|| format!("bench section {:?} failed", s.name()))?;
         if !cli.json {

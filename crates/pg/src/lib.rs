@@ -8,6 +8,7 @@
 //!
 //! [`PgStore`] implements the storage interface (`hart-store`) on top of this schema.
 
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod migrate;

@@ -47,6 +47,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(7, "atom_spatial_summary", "0007_atom_spatial_summary.sql"),
     migration!(8, "merge", "0008_merge.sql"),
     migration!(9, "removed_ingestions", "0009_removed_ingestions.sql"),
+    migration!(10, "partitionwise_access", "0010_partitionwise_access.sql"),
 ];
 
 /// The newest version this build knows.

@@ -20,7 +20,8 @@ use hart_store::{
     AtomRecord, Batch, BoundedMap, FsckReport, GcReport, ModalityStats, ObjectInfo, ObjectSummary, Session, SourceInfo,
     Stats, Status, Store, StoreError,
 };
-use tokio_postgres::types::ToSql;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 
 use crate::error::describe;
@@ -29,6 +30,11 @@ use crate::ConnectionSettings;
 
 /// The advisory lock key shared by ingestion sessions and taken exclusively by gc.
 const GC_LOCK: i64 = 0x4841_5254_4743; // "HARTGC"
+
+/// Rows buffered by a session before one merge: a merge has fixed costs (a transaction, a
+/// statement per touched partition), so batches of a few hundred atoms (text lines) are
+/// merged together.
+const MERGE_ROWS: usize = 16_384;
 
 /// Atoms resolved per query when walking a tree (cat, fsck).
 const CAT_BATCH: usize = 32_768;
@@ -99,6 +105,31 @@ pub struct PgStore {
     pool: Pool,
     retry: RetryPolicy,
     settings: ConnectionSettings,
+    /// PostGIS' `geometry` type (its OID differs per database), for binary COPY.
+    geometry: std::sync::OnceLock<Type>,
+    /// The partitions of `atoms`, to route point lookups (migration 0010).
+    partitions: Partitions,
+}
+
+/// The partitions of `atoms`: lower bounds of h_xy, ascending, and names.
+#[derive(Debug, Clone, Default)]
+pub struct Partitions {
+    lo: Vec<i64>,
+    names: Vec<String>,
+}
+
+impl Partitions {
+    /// Read the plan with `hart_partition_bounds()`.
+    pub async fn load(c: &tokio_postgres::Client) -> Result<Partitions, tokio_postgres::Error> {
+        let r = c.query_one("SELECT lo, names FROM hart_partition_bounds()", &[]).await?;
+        Ok(Partitions { lo: r.get(0), names: r.get(1) })
+    }
+
+    /// The partition holding keys with this h_xy (quoted, ready for SQL).
+    pub fn of(&self, h_xy: u64) -> Option<String> {
+        let i = self.lo.partition_point(|&lo| lo <= h_xy as i64).checked_sub(1)?;
+        Some(format!("\"{}\"", self.names[i].replace('"', "\"\"")))
+    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -121,7 +152,14 @@ impl PgStore {
             .build()
             .map_err(|e| backend("starting the database runtime", e))?;
         let pool = build_pool(settings)?;
-        let store = PgStore { rt, pool, retry: RetryPolicy::default(), settings: settings.clone() };
+        let store = PgStore {
+            rt,
+            pool,
+            retry: RetryPolicy::default(),
+            settings: settings.clone(),
+            geometry: std::sync::OnceLock::new(),
+            partitions: Partitions::default(),
+        };
         let latest = crate::migrate::latest_version();
         let version: i32 = store.run("schema version", |c| async move {
             let r = c.query_opt("SELECT coalesce(max(version), 0) FROM schema_migrations", &[]).await;
@@ -137,7 +175,8 @@ impl PgStore {
                 store.settings
             )));
         }
-        Ok(store)
+        let partitions = store.run("partition plan", |c| async move { Ok(Partitions::load(&c).await?) })?;
+        Ok(PgStore { partitions, ..store })
     }
 
     /// Apply every pending migration, then connect.
@@ -158,6 +197,22 @@ impl PgStore {
         with_client(settings, |c| async move {
             crate::migrate::status(&c).await.map_err(|e| backend("reading the schema version", e))
         })
+    }
+
+    /// PostGIS' `geometry` type of this database.
+    async fn geometry_type(&self, conn: &Object) -> DbResult<Type> {
+        if let Some(t) = self.geometry.get() {
+            return Ok(t.clone());
+        }
+        let row = conn
+            .query_one(
+                "SELECT t.oid, n.nspname::text FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+                 WHERE t.oid = 'geometry'::regtype",
+                &[],
+            )
+            .await?;
+        let t = Type::new("geometry".into(), row.get(0), tokio_postgres::types::Kind::Simple, row.get(1));
+        Ok(self.geometry.get_or_init(|| t).clone())
     }
 
     /// Run `op` on a pooled connection, retrying transient failures.
@@ -255,16 +310,15 @@ fn geom_of(bytes: &[u8]) -> Result<(Position, Vec<Position>), StoreError> {
     decode_ewkb(bytes).map_err(|e| StoreError::Backend(format!("atom geometry: {e}")))
 }
 
-/// Rows in the order of `keys` (unnest WITH ORDINALITY): (ordinal from 1, value, geometry,
-/// content hash, modality), only for the keys found.
-const BY_KEYS: &str = "SELECT u.i, a.value, ST_AsEWKB(a.geom), a.content_hash, a.modality
-    FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS u(x, y, z, i)
-    CROSS JOIN LATERAL (SELECT a.value, a.geom, a.content_hash, a.modality FROM atoms a
-                        WHERE a.h_xy = u.x AND a.h_yz = u.y AND a.h_zm = u.z LIMIT 1) a";
+/// Rows for the keys found, with their 1-based index in the key arrays: (index, value,
+/// geometry, content hash, modality). `hart_atoms_at` looks the keys up per partition (a
+/// parameterized join into the partitioned table costs ~100 us per key; migration 0010).
+const BY_KEYS: &str = "SELECT i, value, geom, content_hash, modality FROM hart_atoms_at($1, $2, $3)";
 
+const ATOM_FIELDS: &str = "a.modality, a.value, ST_AsEWKB(a.geom), a.content_hash, a.ref_count";
 const ATOM_COLS: &str = "a.modality, a.value, ST_AsEWKB(a.geom), a.content_hash, a.ref_count FROM atoms a";
 
-async fn record(c: &Object, row: &Row) -> DbResult<AtomRecord> {
+async fn record(c: &Object, parts: &Partitions, row: &Row) -> DbResult<AtomRecord> {
     let modality = modality_of(row.get(0))?;
     let value: Option<Vec<u8>> = row.get(1);
     let g: Vec<u8> = row.get(2);
@@ -274,17 +328,11 @@ async fn record(c: &Object, row: &Row) -> DbResult<AtomRecord> {
     let mut children = Vec::with_capacity(kid_pos.len());
     if !kid_pos.is_empty() {
         let keys: Vec<HilbertKey> = kid_pos.iter().map(|p| HilbertKey::new(modality, p)).collect();
-        let (x, y, z) = key_params(&keys);
-        let rows = c.query(BY_KEYS, &[&x, &y, &z]).await?;
-        let mut found: Vec<Option<Hash>> = vec![None; keys.len()];
-        for r in rows {
-            let i: i64 = r.get(0);
-            found[(i - 1) as usize] = Some(hash_of(r.get(3))?);
-        }
-        for (i, h) in found.into_iter().enumerate() {
-            children.push(h.ok_or_else(|| {
+        for (i, r) in rows_at(c, parts, &keys, "a.content_hash").await?.into_iter().enumerate() {
+            let r = r.ok_or_else(|| {
                 StoreError::Backend(format!("atom {hash}: child {i} at key {} is missing; run fsck", keys[i]))
-            })?);
+            })?;
+            children.push(hash_of(r.get(1))?);
         }
     }
     Ok(AtomRecord {
@@ -305,13 +353,58 @@ enum Item {
     Pending(HilbertKey),
 }
 
+/// The rows of the atoms at `keys` (columns `cols` of partition alias `a`), in the order of
+/// `keys`; None where no atom the caller can see is. One query per partition, all in flight at
+/// once on the connection, each prepared once per connection and run on the partition itself
+/// (decision 0011): the read policy of `atoms` holds there too.
+async fn rows_at(c: &Object, parts: &Partitions, keys: &[HilbertKey], cols: &str) -> DbResult<Vec<Option<Row>>> {
+    // Per partition: the keys' three parts and their index in `keys`.
+    type Group = (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>);
+    let mut groups: std::collections::BTreeMap<String, Group> = Default::default();
+    for (i, k) in keys.iter().enumerate() {
+        let Some(part) = parts.of(k.h_xy) else { continue };
+        let g = groups.entry(part).or_default();
+        g.0.push(k.h_xy as i64);
+        g.1.push(k.h_yz as i64);
+        g.2.push(k.h_zm as i64);
+        g.3.push(i as i64);
+    }
+    let queries = groups.iter().map(|(part, (x, y, z, i))| async move {
+        let stmt = c
+            .prepare_cached(&format!(
+                "SELECT u.i, {cols}
+                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) AS u(x, y, z, i)
+                 JOIN {part} a ON a.h_xy = u.x AND a.h_yz = u.y AND a.h_zm = u.z"
+            ))
+            .await?;
+        c.query(&stmt, &[x, y, z, i]).await
+    });
+    let mut got: Vec<Option<Row>> = (0..keys.len()).map(|_| None).collect();
+    for rows in futures_util::future::try_join_all(queries).await? {
+        for r in rows {
+            let i: i64 = r.get(0);
+            got[i as usize] = Some(r);
+        }
+    }
+    Ok(got)
+}
+
+/// What a walk needs of the atoms at `keys`: a leaf's value, a composite's EWKB.
+async fn walk_fetch(
+    c: &Object,
+    parts: &Partitions,
+    keys: &[HilbertKey],
+) -> DbResult<Vec<Option<(Option<Vec<u8>>, Option<Vec<u8>>)>>> {
+    let rows = rows_at(c, parts, keys, "a.value, CASE WHEN a.value IS NULL THEN ST_AsEWKB(a.geom) END").await?;
+    Ok(rows.into_iter().map(|r| r.map(|r| (r.get(1), r.get(2)))).collect())
+}
+
 /// Write the leaves under the atom at `root` in order, resolving up to [`CAT_BATCH`] atoms
 /// per query from the front of the walk: memory stays bounded by depth × fan-out × batch.
-async fn walk(c: &Object, root: HilbertKey, out: &mut dyn Write) -> DbResult<u64> {
+async fn walk(c: &Object, parts: &Partitions, root: HilbertKey, out: &mut dyn Write) -> DbResult<u64> {
     let mut queue: std::collections::VecDeque<Item> = std::collections::VecDeque::new();
     queue.push_back(Item::Pending(root));
     let mut written = 0u64;
-    let stmt = c.prepare(BY_KEYS).await?;
     let mut depth_guard = 0u64;
     loop {
         while let Some(Item::Bytes(_)) = queue.front() {
@@ -343,13 +436,7 @@ async fn walk(c: &Object, root: HilbertKey, out: &mut dyn Write) -> DbResult<u64
                 slots.push(s);
             }
         }
-        let (x, y, z) = key_params(&keys);
-        let rows = c.query(&stmt, &[&x, &y, &z]).await?;
-        let mut got: Vec<Option<(Option<Vec<u8>>, Vec<u8>, i16)>> = vec![None; keys.len()];
-        for r in rows {
-            let i: i64 = r.get(0);
-            got[(i - 1) as usize] = Some((r.get(1), r.get(2), r.get(4)));
-        }
+        let got = walk_fetch(c, parts, &keys).await?;
         // Rebuild the front of the queue with leaves as bytes and composites expanded.
         let rest = queue.split_off(n);
         let front = std::mem::take(&mut queue);
@@ -358,7 +445,7 @@ async fn walk(c: &Object, root: HilbertKey, out: &mut dyn Write) -> DbResult<u64
             match it {
                 Item::Bytes(b) => queue.push_back(Item::Bytes(b)),
                 Item::Pending(k) => {
-                    let Some((value, g, m)) = got[slots[j]].clone() else {
+                    let Some((value, g)) = got[slots[j]].clone() else {
                         return Err(StoreError::Backend(format!(
                             "atom at key {k} is missing from the database; run `hart fsck`"
                         ))
@@ -368,8 +455,9 @@ async fn walk(c: &Object, root: HilbertKey, out: &mut dyn Write) -> DbResult<u64
                     match value {
                         Some(v) => queue.push_back(Item::Bytes(v)),
                         None => {
-                            let modality = modality_of(m)?;
-                            let (_, kids) = geom_of(&g)?;
+                            // A child has its parent's modality (the high byte of h_xy).
+                            let modality = modality_of((k.h_xy >> 56) as i16)?;
+                            let (_, kids) = geom_of(g.as_deref().unwrap_or_default())?;
                             for p in kids {
                                 queue.push_back(Item::Pending(HilbertKey::new(modality, &p)));
                             }
@@ -383,12 +471,8 @@ async fn walk(c: &Object, root: HilbertKey, out: &mut dyn Write) -> DbResult<u64
 }
 
 async fn key_of_hash(c: &Object, hash: &Hash) -> DbResult<Option<HilbertKey>> {
-    let row = c
-        .query_opt(
-            "SELECT a.h_xy, a.h_yz, a.h_zm FROM atoms a WHERE a.content_hash = $1 LIMIT 1",
-            &[&hash.0.as_slice()],
-        )
-        .await?;
+    let stmt = c.prepare_cached("SELECT a.h_xy, a.h_yz, a.h_zm FROM atoms a WHERE a.content_hash = $1 LIMIT 1").await?;
+    let row = c.query_opt(&stmt, &[&hash.0.as_slice()]).await?;
     Ok(row.map(|r| HilbertKey {
         h_xy: r.get::<_, i64>(0) as u64,
         h_yz: r.get::<_, i64>(1) as u64,
@@ -481,6 +565,7 @@ impl Store for PgStore {
             start,
             uri: source.uri,
             positions: BoundedMap::new(1 << 20),
+            pending: Vec::new(),
             created: 0,
             referenced: 0,
         }))
@@ -488,12 +573,15 @@ impl Store for PgStore {
 
     fn get(&self, hash: &Hash) -> Result<Option<AtomRecord>, StoreError> {
         let h = hash.0.to_vec();
+        let parts = &self.partitions;
         self.run("get", |c| {
             let h = h.clone();
             async move {
-                let row = c.query_opt(&format!("SELECT {ATOM_COLS} WHERE a.content_hash = $1 LIMIT 1"), &[&h]).await?;
+                // Prepared once per connection: planning over 256 partitions costs milliseconds.
+                let stmt = c.prepare_cached(&format!("SELECT {ATOM_COLS} WHERE a.content_hash = $1 LIMIT 1")).await?;
+                let row = c.query_opt(&stmt, &[&h]).await?;
                 match row {
-                    Some(r) => Ok(Some(record(&c, &r).await?)),
+                    Some(r) => Ok(Some(record(&c, parts, &r).await?)),
                     None => Ok(None),
                 }
             }
@@ -502,16 +590,19 @@ impl Store for PgStore {
 
     fn get_by_key(&self, key: &HilbertKey) -> Result<Option<AtomRecord>, StoreError> {
         let (x, y, z) = (key.h_xy as i64, key.h_yz as i64, key.h_zm as i64);
-        self.run("get_by_key", |c| async move {
-            let row = c
-                .query_opt(
-                    &format!("SELECT {ATOM_COLS} WHERE a.h_xy = $1 AND a.h_yz = $2 AND a.h_zm = $3"),
-                    &[&x, &y, &z],
-                )
-                .await?;
-            match row {
-                Some(r) => Ok(Some(record(&c, &r).await?)),
-                None => Ok(None),
+        // Routed to the partition: a lookup on `atoms` would lock and prune all of them.
+        let Some(part) = self.partitions.of(key.h_xy) else { return Ok(None) };
+        let sql = format!("SELECT {ATOM_FIELDS} FROM {part} a WHERE a.h_xy = $1 AND a.h_yz = $2 AND a.h_zm = $3");
+        let parts = &self.partitions;
+        self.run("get_by_key", |c| {
+            let sql = sql.clone();
+            async move {
+                let stmt = c.prepare_cached(&sql).await?;
+                let row = c.query_opt(&stmt, &[&x, &y, &z]).await?;
+                match row {
+                    Some(r) => Ok(Some(record(&c, parts, &r).await?)),
+                    None => Ok(None),
+                }
             }
         })
     }
@@ -555,7 +646,7 @@ impl Store for PgStore {
                 // One snapshot for the whole walk: a concurrent gc cannot pull atoms from under it.
                 conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
                 let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut *out);
-                let r = walk(&conn, key, &mut w).await;
+                let r = walk(&conn, &self.partitions, key, &mut w).await;
                 let _ = conn.batch_execute("COMMIT").await;
                 let n = r?;
                 w.flush().map_err(|e| StoreError::io("write", "output", e))?;
@@ -636,7 +727,7 @@ impl Store for PgStore {
 
     fn fsck(&self, progress: &dyn Fn(u64, u64)) -> Result<FsckReport, StoreError> {
         let conn = self.rt.block_on(self.pool.get()).map_err(|e| StoreError::from(DbError::from(e)))?;
-        self.rt.block_on(fsck(&conn, progress)).map_err(StoreError::from)
+        self.rt.block_on(fsck(&conn, &self.partitions, progress)).map_err(StoreError::from)
     }
 
     fn stats(&self) -> Result<Stats, StoreError> {
@@ -753,34 +844,15 @@ impl Write for HashingWriter {
     }
 }
 
-async fn fsck(c: &Object, progress: &dyn Fn(u64, u64)) -> DbResult<FsckReport> {
+async fn fsck(c: &Object, parts: &Partitions, progress: &dyn Fn(u64, u64)) -> DbResult<FsckReport> {
     let mut report = FsckReport::default();
     c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
     let r = async {
         // References recounted from scratch: one per distinct child of each composite, one per
         // live object on its root.
-        let rows = c
-            .query(
-                "WITH edges AS (
-                     SELECT DISTINCT p.h_xy AS p_xy, p.h_yz AS p_yz, p.h_zm AS p_zm, k.h_xy, k.h_yz, k.h_zm
-                     FROM atoms p
-                     CROSS JOIN LATERAL ST_DumpPoints(ST_GeometryN(p.geom, 2)) v
-                     CROSS JOIN LATERAL hart_key_of_point(p.modality, v.geom) k
-                     WHERE p.value IS NULL),
-                 refs AS (
-                     SELECT h_xy, h_yz, h_zm FROM edges
-                     UNION ALL
-                     SELECT root_h_xy, root_h_yz, root_h_zm FROM objects WHERE deleted_at IS NULL),
-                 recount AS (SELECT h_xy, h_yz, h_zm, count(*) AS n FROM refs GROUP BY 1, 2, 3)
-                 SELECT encode(a.content_hash, 'hex'), a.ref_count, coalesce(r.n, 0), a.content_hash IS NULL
-                 FROM recount r FULL JOIN atoms a ON (r.h_xy, r.h_yz, r.h_zm) = (a.h_xy, a.h_yz, a.h_zm)
-                 WHERE a.h_xy IS NULL OR a.ref_count <> coalesce(r.n, 0)
-                 LIMIT 100",
-                &[],
-            )
-            .await?;
+        let rows = c.query("SELECT content_hash, stored, recount FROM hart_refcount_mismatches(100)", &[]).await?;
         for r in rows {
-            if r.get::<_, bool>(3) {
+            if r.get::<_, Option<String>>(0).is_none() {
                 report.problems.push(format!("{} reference(s) to an atom that is not stored", r.get::<_, i64>(2)));
             } else {
                 report.problems.push(format!(
@@ -830,7 +902,7 @@ async fn fsck(c: &Object, progress: &dyn Fn(u64, u64)) -> DbResult<FsckReport> {
                 continue;
             };
             let mut w = HashingWriter(blake3::Hasher::new(), 0);
-            match walk(c, key, &mut w).await {
+            match walk(c, parts, key, &mut w).await {
                 Ok(_) => {
                     let got = Hash(*w.0.finalize().as_bytes());
                     if Some(got) != info.source_hash || w.1 != info.size {
@@ -863,21 +935,143 @@ struct PgSession<'a> {
     start: std::time::SystemTime,
     uri: String,
     /// Positions of atoms this session has put or looked up, and whether they existed before it.
-    positions: BoundedMap<Hash, (Position, bool)>,
+    positions: BoundedMap<Hash, Position>,
+    /// Rows put but not merged yet (at most [`MERGE_ROWS`] and a batch).
+    pending: Vec<StageRow>,
     created: u64,
     referenced: u64,
 }
 
-/// What a batch stages: the columns of hart_stage.
-#[derive(Default)]
-struct Staged {
-    x: Vec<i64>,
-    y: Vec<i64>,
-    z: Vec<i64>,
-    geom: Vec<Vec<u8>>,
-    value: Vec<Option<Vec<u8>>>,
-    modality: Vec<i16>,
-    hash: Vec<Vec<u8>>,
+/// One row of `hart_stage`, ready for binary COPY.
+struct StageRow {
+    key: HilbertKey,
+    geom: Vec<u8>,
+    value: Option<Vec<u8>>,
+    modality: i16,
+    hash: Hash,
+    /// h_xy of each child, in the order of the composite's vertices; None for a leaf.
+    kids: Option<Vec<i64>>,
+}
+
+/// The staging rows of `ops`: each composite's geometry runs through its children's
+/// positions, known from this session (`positions`) or looked up by content hash.
+async fn stage_rows(
+    conn: &Object,
+    batch: &Batch,
+    ops: &[&hart_store::Op],
+    positions: &mut BoundedMap<Hash, Position>,
+) -> DbResult<Vec<StageRow>> {
+    let mut rows = Vec::with_capacity(ops.len());
+    let mut kid_pos = Vec::new();
+    for op in ops {
+        let key = HilbertKey::new(op.modality, &op.pos);
+        let (value, kids) = match op.kind {
+            AtomKind::Leaf => (Some(batch.value(op).to_vec()), None),
+            AtomKind::Node => {
+                kid_pos.clear();
+                for h in batch.children(op) {
+                    let p = match positions.get_promote(h) {
+                        Some(p) => p,
+                        None => {
+                            let stmt = conn
+                                .prepare_cached(
+                                    "SELECT ST_X(a.pt)::bigint, ST_Y(a.pt)::bigint, ST_Z(a.pt)::bigint, ST_M(a.pt)::bigint
+                                     FROM atoms a WHERE a.content_hash = $1 LIMIT 1",
+                                )
+                                .await?;
+                            let row = conn.query_opt(&stmt, &[&h.0.as_slice()]).await?;
+                            let Some(r) = row else {
+                                return Err(StoreError::Invalid(format!(
+                                    "composite {} names child {h} that was never stored",
+                                    op.hash
+                                ))
+                                .into());
+                            };
+                            let c = |j: usize| r.get::<_, i64>(j) as u32;
+                            let p = Position::new(c(0), c(1), c(2), c(3));
+                            positions.insert(*h, p);
+                            p
+                        }
+                    };
+                    kid_pos.push(p);
+                }
+                let kids = kid_pos.iter().map(|p| HilbertKey::new(op.modality, p).h_xy as i64).collect();
+                (None, Some(kids))
+            }
+        };
+        rows.push(StageRow {
+            key,
+            geom: ewkb(&op.pos, &kid_pos[..if value.is_some() { 0 } else { kid_pos.len() }]),
+            value,
+            modality: i16::from(op.modality.as_u8()),
+            hash: op.hash,
+            kids,
+        });
+    }
+    Ok(rows)
+}
+
+/// A geometry value already in EWKB, PostGIS' binary input format.
+#[derive(Debug)]
+struct Ewkb<'a>(&'a [u8]);
+
+impl ToSql for Ewkb<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.0);
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        ty.name() == "geometry"
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// Fill `hart_stage` with `rows` by binary COPY.
+async fn copy_stage(conn: &Object, geometry: &Type, rows: &[StageRow]) -> DbResult<()> {
+    let sink = conn
+        .copy_in(
+            "COPY hart_stage (h_xy, h_yz, h_zm, geom, value, modality, content_hash, kids) FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let types =
+        [Type::INT8, Type::INT8, Type::INT8, geometry.clone(), Type::BYTEA, Type::INT2, Type::BYTEA, Type::INT8_ARRAY];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    let mut writer = std::pin::pin!(writer);
+    for r in rows {
+        let (x, y, z) = (r.key.h_xy as i64, r.key.h_yz as i64, r.key.h_zm as i64);
+        let hash: &[u8] = &r.hash.0;
+        writer.as_mut().write(&[&x, &y, &z, &Ewkb(&r.geom), &r.value, &r.modality, &hash, &r.kids]).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// The error for a batch the merge refused as a collision (HT001): names the stored atom and
+/// the newcomer when the caller can read the stored one.
+async fn collision(conn: &Object, rows: &[StageRow], cause: &str) -> StoreError {
+    let keys: Vec<HilbertKey> = rows.iter().map(|r| r.key).collect();
+    let (x, y, z) = key_params(&keys);
+    if let Ok(found) = conn.query(BY_KEYS, &[&x, &y, &z]).await {
+        for r in found {
+            let i = (r.get::<_, i64>(0) - 1) as usize;
+            if let Ok(h) = hash_of(r.get(3)) {
+                if h != rows[i].hash {
+                    return StoreError::Collision {
+                        key: keys[i].to_string(),
+                        existing: h.to_hex(),
+                        new: rows[i].hash.to_hex(),
+                    };
+                }
+            }
+        }
+    }
+    StoreError::Collision { key: "(in this batch)".into(), existing: "(a stored atom)".into(), new: cause.to_string() }
 }
 
 impl PgSession<'_> {
@@ -890,6 +1084,62 @@ impl PgSession<'_> {
         .await?;
         conn.execute("SELECT pg_advisory_unlock_shared($1)", &[&GC_LOCK]).await?;
         Ok(())
+    }
+}
+
+impl PgSession<'_> {
+    /// Merge the buffered rows: one transaction of binary COPY into the staging table and
+    /// `hart_merge_stage`, retried on transient errors.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.pending);
+        let store = self.store;
+        let conn = self.conn.as_ref().expect("connection held");
+        let start = self.start;
+        let r = store.rt.block_on(async {
+            let geometry = store.geometry_type(conn).await?;
+            let r = store
+                .retry
+                .run("put", |_| async {
+                    conn.batch_execute("BEGIN").await?;
+                    let r = async {
+                        conn.execute("SELECT hart_stage()", &[]).await?;
+                        copy_stage(conn, &geometry, &rows).await?;
+                        let row =
+                            conn.query_one("SELECT created, referenced FROM hart_merge_stage($1)", &[&start]).await?;
+                        conn.batch_execute("COMMIT").await?;
+                        Ok::<(i64, i64), DbError>((row.get(0), row.get(1)))
+                    }
+                    .await;
+                    if r.is_err() {
+                        let _ = conn.batch_execute("ROLLBACK").await;
+                    }
+                    r
+                })
+                .await;
+            match r {
+                Err(DbError::Pg(ref pg)) if pg.code().map(|c| c.code()) == Some("HT001") => {
+                    Err(collision(conn, &rows, &pg.to_string()).await.into())
+                }
+                Err(e) => Err(e),
+                Ok((c, r)) => Ok((c as u64, r as u64)),
+            }
+        });
+        match r {
+            Ok((created, referenced)) => {
+                self.created += created;
+                self.referenced += referenced;
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing of these rows was stored: forget the positions the session learnt
+                // (atoms of earlier merges are looked up again when needed).
+                self.positions.clear();
+                Err(e.into())
+            }
+        }
     }
 }
 
@@ -915,135 +1165,38 @@ impl Session for PgSession<'_> {
                 )));
             }
         }
-        let store = self.store;
+        // Atoms this session already put are not staged again.
+        let ops: Vec<_> = batch.ops.iter().filter(|op| self.positions.get(&op.hash).is_none()).collect();
+        if ops.is_empty() {
+            return Ok(());
+        }
+        // Positions first: children put in this batch are found there.
+        for op in &ops {
+            self.positions.insert(op.hash, op.pos);
+        }
         let conn = self.conn.as_ref().expect("connection held");
-        let start = self.start;
         let positions = &mut self.positions;
-        let (created, referenced) = store.rt.block_on(async {
-            // Which atoms of the batch exist already (and since when); collisions.
-            let ops: Vec<_> = batch.ops.iter().filter(|op| positions.get(&op.hash).is_none()).collect();
-            let keys: Vec<HilbertKey> = ops.iter().map(|op| HilbertKey::new(op.modality, &op.pos)).collect();
-            let (x, y, z) = key_params(&keys);
-            let rows = conn
-                .query(
-                    "SELECT u.i, a.content_hash, a.created_at < $4
-                     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS u(x, y, z, i)
-                     CROSS JOIN LATERAL (SELECT a.content_hash, a.created_at FROM atoms a
-                                         WHERE a.h_xy = u.x AND a.h_yz = u.y AND a.h_zm = u.z LIMIT 1) a",
-                    &[&x, &y, &z, &start],
-                )
-                .await?;
-            let mut existing: Vec<Option<bool>> = vec![None; ops.len()];
-            for r in rows {
-                let i = (r.get::<_, i64>(0) - 1) as usize;
-                let h = hash_of(r.get(1))?;
-                if h != ops[i].hash {
-                    return Err(StoreError::Collision {
-                        key: keys[i].to_string(),
-                        existing: h.to_hex(),
-                        new: ops[i].hash.to_hex(),
-                    }
-                    .into());
-                }
-                existing[i] = Some(r.get(2));
+        let rows = match self.store.rt.block_on(stage_rows(conn, batch, &ops, positions)) {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.positions.clear();
+                self.pending.clear();
+                return Err(e.into());
             }
-            // Positions of the batch's atoms, for their parents' geometry.
-            for (i, op) in ops.iter().enumerate() {
-                positions.insert(op.hash, (op.pos, existing[i].unwrap_or(false)));
-            }
-            let mut st = Staged::default();
-            let mut referenced = 0u64;
-            let mut kid_pos = Vec::new();
-            let mut seen_kids = std::collections::HashSet::new();
-            for (i, op) in ops.iter().enumerate() {
-                let value = match op.kind {
-                    AtomKind::Leaf => Some(batch.value(op).to_vec()),
-                    AtomKind::Node => None,
-                };
-                kid_pos.clear();
-                seen_kids.clear();
-                let kids: &[Hash] = if op.kind == AtomKind::Node { batch.children(op) } else { &[] };
-                for h in kids {
-                    let (p, before) = match positions.get_promote(h) {
-                        Some(v) => v,
-                        None => {
-                            let row = conn
-                                .query_opt(
-                                    "SELECT ST_X(a.pt)::bigint, ST_Y(a.pt)::bigint, ST_Z(a.pt)::bigint, ST_M(a.pt)::bigint,
-                                            a.created_at < $2
-                                     FROM atoms a WHERE a.content_hash = $1 LIMIT 1",
-                                    &[&h.0.as_slice(), &start],
-                                )
-                                .await?;
-                            let Some(r) = row else {
-                                return Err(StoreError::Invalid(format!(
-                                    "composite {} names child {h} that was never stored",
-                                    op.hash
-                                ))
-                                .into());
-                            };
-                            let c = |j: usize| r.get::<_, i64>(j) as u32;
-                            let v = (Position::new(c(0), c(1), c(2), c(3)), r.get::<_, bool>(4));
-                            positions.insert(*h, v);
-                            v
-                        }
-                    };
-                    kid_pos.push(p);
-                    if existing[i].is_none() && before && seen_kids.insert(*h) {
-                        referenced += 1;
-                    }
-                }
-                st.x.push(keys[i].h_xy as i64);
-                st.y.push(keys[i].h_yz as i64);
-                st.z.push(keys[i].h_zm as i64);
-                st.geom.push(ewkb(&op.pos, &kid_pos));
-                st.value.push(value);
-                st.modality.push(i16::from(op.modality.as_u8()));
-                st.hash.push(op.hash.0.to_vec());
-            }
-            let created = store
-                .retry
-                .run("put", |_| async {
-                    conn.batch_execute("BEGIN").await?;
-                    let r = async {
-                        conn.execute("SELECT hart_stage()", &[]).await?;
-                        let params: [&(dyn ToSql + Sync); 7] =
-                            [&st.x, &st.y, &st.z, &st.geom, &st.value, &st.modality, &st.hash];
-                        conn.execute(
-                            "INSERT INTO hart_stage (h_xy, h_yz, h_zm, geom, value, modality, content_hash)
-                             SELECT x, y, z, ST_GeomFromEWKB(g), v, m, h
-                             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[], $5::bytea[],
-                                         $6::smallint[], $7::bytea[]) AS u(x, y, z, g, v, m, h)",
-                            &params,
-                        )
-                        .await?;
-                        let row = conn.query_one("SELECT created FROM hart_merge_stage()", &[]).await?;
-                        conn.batch_execute("COMMIT").await?;
-                        Ok::<i64, DbError>(row.get(0))
-                    }
-                    .await;
-                    if r.is_err() {
-                        let _ = conn.batch_execute("ROLLBACK").await;
-                    }
-                    r
-                })
-                .await?;
-            Ok::<_, DbError>((created as u64, referenced))
-        })
-        .map_err(|e| match e {
-            DbError::Pg(ref pg) if pg.code().map(|c| c.code()) == Some("HT001") => StoreError::Collision {
-                key: "(in this batch)".into(),
-                existing: "(a stored atom)".into(),
-                new: e.to_string(),
-            },
-            e => StoreError::from(e),
-        })?;
-        self.created += created;
-        self.referenced += referenced;
+        };
+        self.pending.extend(rows);
+        if self.pending.len() >= MERGE_ROWS {
+            self.flush()?;
+        }
         Ok(())
     }
 
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.flush()
+    }
+
     fn commit(mut self: Box<Self>, root: &Hash, summary: &ObjectSummary) -> Result<ObjectInfo, StoreError> {
+        self.flush()?;
         let conn = self.conn.take().expect("connection held");
         let (id, start, uri) = (self.id, self.start, self.uri.clone());
         let (created, referenced) = (self.created, self.referenced);

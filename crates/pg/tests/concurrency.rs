@@ -120,7 +120,7 @@ async fn concurrent_overlapping_merges_keep_counts_exact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn losing_a_race_for_a_new_atom_is_a_retryable_serialization_failure() {
+async fn losing_a_race_for_a_new_atom_waits_then_claims_it() {
     let db = TestDb::migrated("race").await;
     let w1 = db.login_role("w1", &["hart_writer"]).await;
     let w2 = db.login_role("w2", &["hart_writer"]).await;
@@ -129,26 +129,32 @@ async fn losing_a_race_for_a_new_atom_is_a_retryable_serialization_failure() {
     let y = Atom::leaf(Modality::Text, b" prize");
     let parent = Atom::node(Modality::Text, &[&x, &y]);
 
-    // A stores x (and y) but has not committed when B, who also thinks x is new, merges.
+    // A stores x and y but has not committed when B, who also has them, merges them with a
+    // parent: B's insert waits for A's outcome on the contested keys.
     a.batch_execute("BEGIN").await.unwrap();
     assert_eq!(stage_and_merge(&a, &[&x, &y], false).await.unwrap(), (2, 0, 0));
+    let (x2, y2, p2) = (x.clone(), y.clone(), parent.clone());
     let b_merge = tokio::spawn(async move {
-        let r = merge_atoms(&b, &[&x, &parent], false).await;
+        let r = merge_atoms(&b, &[&x2, &y2, &p2], false).await;
         (b, r)
     });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!b_merge.is_finished(), "B waits for A's uncommitted atoms");
     a.batch_execute("COMMIT").await.unwrap();
     let (b, r) = b_merge.await.unwrap();
-    let e = r.unwrap_err();
-    assert_eq!(common::sqlstate(&e), "40001", "{e:?}");
-    assert!(e.transient_cause().is_some(), "the retry policy retries it");
-
-    // Retried, B's merge now sees x as existing and counts its reference exactly once.
-    let x = Atom::leaf(Modality::Text, b"contested");
-    let parent = Atom::node(Modality::Text, &[&x, &Atom::leaf(Modality::Text, b" prize")]);
-    let e = merge_atoms(&b, &[&x, &parent], false).await.unwrap_err();
-    assert_eq!(common::sqlstate(&e), "HT002", "B does not hold \" prize\" yet: {e:?}");
-    let y = Atom::leaf(Modality::Text, b" prize");
-    assert_eq!(merge_atoms(&b, &[&x, &y, &parent], false).await.unwrap(), (1, 2, 2));
+    // A won x and y; B created the parent, holds x and y too (it had their bytes) and
+    // referenced each exactly once.
+    assert_eq!(r.unwrap(), (1, 2, 2));
     assert_eq!(common::refcount_mismatches(&db.client().await).await, 0);
+
+    // A composite whose child the writer cannot read is refused (HT002), race or not.
+    let w3 = db.login_role("w3", &["hart_writer"]).await;
+    let c = db.client_as(&w3).await;
+    let z = Atom::leaf(Modality::Text, b"mine");
+    let other = Atom::node(Modality::Text, &[&y, &z]);
+    let e = merge_atoms(&c, &[&z, &other], false).await.unwrap_err();
+    assert_eq!(common::sqlstate(&e), "HT002", "w3 does not hold \" prize\": {e:?}");
+    assert_eq!(merge_atoms(&c, &[&y, &z, &other], false).await.unwrap(), (2, 1, 1));
+    assert_eq!(common::refcount_mismatches(&db.client().await).await, 0);
+    drop(b);
 }

@@ -1210,6 +1210,7 @@ pub fn aborted_session_is_collectable<S: Into<Subject>>(factory: &dyn Fn() -> S)
         for b in &built.batches[..built.batches.len() / 2] {
             sess.put(b).unwrap_or_else(|e| panic!("[{ctx}] put: {e}"));
         }
+        sess.sync().unwrap_or_else(|e| panic!("[{ctx}] sync: {e}"));
         sess.abort("interrupted on purpose").unwrap_or_else(|e| panic!("[{ctx}] abort: {e}"));
     }
     let mid = stats(s.store(), ctx);
@@ -1238,6 +1239,7 @@ pub fn dropped_session_is_collectable<S: Into<Subject>>(factory: &dyn Fn() -> S)
         let mut sess = s.store().begin(source("mem://dropped", Modality::Binary, data.len())).expect("begin");
         sess.put(&built.batches[0]).expect("put");
         sess.put(&built.batches[1]).expect("put");
+        sess.sync().expect("sync");
     }
     let objs = s.store().objects().expect("objects");
     assert!(
@@ -1309,7 +1311,7 @@ pub fn collision_reported<S: Into<Subject>>(factory: &dyn Fn() -> S) {
         ];
         for (what, batch, new, existing) in cases {
             let mut sess = s.store().begin(source("mem://collide", Modality::Binary, 1)).expect("begin");
-            match sess.put(&batch) {
+            match sess.put(&batch).and_then(|()| sess.sync()) {
                 // A position whose hash bits are not the hash's may also be refused as invalid.
                 Err(StoreError::Invalid(_)) if new == far => {}
                 Err(StoreError::Collision { existing: e, new: n, .. }) => {

@@ -60,8 +60,17 @@ pub trait Store: Send + Sync {
 
 /// One object being ingested.
 pub trait Session {
-    /// Put atoms, children before parents. Existing atoms are found, new ones written.
+    /// Put atoms, children before parents. Existing atoms are found, new ones written. A
+    /// backend may buffer what is put and write it in larger units (PostgreSQL does): errors
+    /// about the content of a batch (a collision) then surface at the next [`Session::sync`],
+    /// `put` or `commit`.
     fn put(&mut self, batch: &Batch) -> Result<(), StoreError>;
+
+    /// Write everything put so far (still unreferenced until commit); report any error about
+    /// it. A no-op for backends that write on `put`.
+    fn sync(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Register the object with its root (which must have been put) and finish.
     fn commit(self: Box<Self>, root: &Hash, summary: &ObjectSummary) -> Result<ObjectInfo, StoreError>;

@@ -51,6 +51,17 @@ pub struct TestDb {
 impl TestDb {
     /// An empty database (PostGIS not even installed).
     pub async fn fresh(test: &str) -> TestDb {
+        let db = TestDb::named(test);
+        let c = connect(&db.admin).await;
+        let name = &db.name;
+        for sql in [format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"), format!("CREATE DATABASE \"{name}\"")] {
+            c.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {}", hart_pg::error::describe(&e)));
+        }
+        db
+    }
+
+    /// A unique name for a test database (not created yet; dropped with the value).
+    fn named(test: &str) -> TestDb {
         let admin = cluster();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let tag: String = test
@@ -59,18 +70,26 @@ impl TestDb {
             .take(30)
             .collect();
         let name = format!("hart_t{}_{n}_{tag}", std::process::id());
-        let c = connect(&admin).await;
-        for sql in [format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"), format!("CREATE DATABASE \"{name}\"")] {
-            c.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {}", hart_pg::error::describe(&e)));
-        }
         TestDb { settings: admin.with_database(&name), name, admin, roles: Mutex::new(Vec::new()) }
     }
 
-    /// A fresh database with every migration applied.
+    /// A fresh database with every migration applied: a copy of a template database that
+    /// was migrated once (per set of migrations; tests/migrations.rs migrates from empty).
     pub async fn migrated(test: &str) -> TestDb {
-        let db = TestDb::fresh(test).await;
-        let mut c = db.client().await;
-        hart_pg::migrate(&mut c).await.unwrap_or_else(|e| panic!("migrating {}: {e}", db.name));
+        let template = template().await;
+        let db = TestDb::named(test);
+        let c = connect(&db.admin).await;
+        let create = format!("CREATE DATABASE \"{}\" TEMPLATE \"{template}\"", db.name);
+        for attempt in 0.. {
+            match c.batch_execute(&create).await {
+                Ok(()) => break,
+                // The template's last connection may still be closing.
+                Err(e) if sqlstate(&e) == "55006" && attempt < 50 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("{create}: {}", hart_pg::error::describe(&e)),
+            }
+        }
         db
     }
 
@@ -131,6 +150,57 @@ impl Drop for TestDb {
             eprintln!("warning: could not drop test database {}: {e}", self.name);
         }
     }
+}
+
+/// The template database holding every migration: `hart_tpl_<hash of the migrations>`,
+/// made once per cluster and set of migrations (under an advisory lock, so that concurrent
+/// test binaries make it once); templates of other migration sets are dropped.
+async fn template() -> String {
+    let mut h = blake3::Hasher::new();
+    for m in hart_pg::MIGRATIONS {
+        h.update(&m.version.to_le_bytes());
+        h.update(m.sql.as_bytes());
+    }
+    let name = format!("hart_tpl_{}", &h.finalize().to_hex()[..16]);
+    let admin = cluster();
+    let c = connect(&admin).await;
+    c.batch_execute("SELECT pg_advisory_lock(4847252)").await.unwrap_or_else(|e| template_failed(&name, e));
+    let ready: bool = c
+        .query_one("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1 AND datistemplate)", &[&name])
+        .await
+        .unwrap_or_else(|e| template_failed(&name, e))
+        .get(0);
+    if !ready {
+        // One statement per call: DROP/CREATE DATABASE cannot run in a (multi-statement) transaction.
+        for sql in [format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"), format!("CREATE DATABASE \"{name}\"")] {
+            c.batch_execute(&sql).await.unwrap_or_else(|e| template_failed(&name, e));
+        }
+        {
+            let mut t = connect(&admin.with_database(&name)).await;
+            hart_pg::migrate(&mut t).await.unwrap_or_else(|e| panic!("migrating the template {name}: {e}"));
+        }
+        c.batch_execute(&format!("ALTER DATABASE \"{name}\" IS_TEMPLATE true"))
+            .await
+            .unwrap_or_else(|e| template_failed(&name, e));
+        let stale = c
+            .query(
+                "SELECT datname::text FROM pg_database WHERE datname LIKE 'hart\\_tpl\\_%' AND datname <> $1",
+                &[&name],
+            )
+            .await
+            .unwrap_or_else(|e| template_failed(&name, e));
+        for r in stale {
+            let old: String = r.get(0);
+            let _ = c.batch_execute(&format!("ALTER DATABASE \"{old}\" IS_TEMPLATE false")).await;
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{old}\" WITH (FORCE)")).await;
+        }
+    }
+    c.batch_execute("SELECT pg_advisory_unlock(4847252)").await.unwrap_or_else(|e| template_failed(&name, e));
+    name
+}
+
+fn template_failed<T>(name: &str, e: tokio_postgres::Error) -> T {
+    panic!("preparing the template database {name}: {}", hart_pg::error::describe(&e))
 }
 
 /// The SQLSTATE of a failed statement, for asserting on refusals.
@@ -334,24 +404,5 @@ pub fn hexes(atoms: &[&Atom]) -> Vec<String> {
 /// stored composites having the atom among their vertices, plus the live objects rooted at it.
 /// Needs a role that sees every atom (the superuser).
 pub async fn refcount_mismatches(c: &Client) -> i64 {
-    c.query_one(
-        "WITH edges AS (
-             SELECT DISTINCT p.h_xy AS p_xy, p.h_yz AS p_yz, p.h_zm AS p_zm, k.h_xy, k.h_yz, k.h_zm
-             FROM atoms p
-             CROSS JOIN LATERAL ST_DumpPoints(ST_GeometryN(p.geom, 2)) v
-             CROSS JOIN LATERAL hart_key_of_point(p.modality, v.geom) k
-             WHERE p.value IS NULL),
-         refs AS (
-             SELECT h_xy, h_yz, h_zm FROM edges
-             UNION ALL
-             SELECT root_h_xy, root_h_yz, root_h_zm FROM objects WHERE deleted_at IS NULL),
-         recount AS (SELECT h_xy, h_yz, h_zm, count(*) AS n FROM refs GROUP BY 1, 2, 3)
-         SELECT count(*) FROM atoms a
-         LEFT JOIN recount r ON (r.h_xy, r.h_yz, r.h_zm) = (a.h_xy, a.h_yz, a.h_zm)
-         WHERE a.ref_count <> coalesce(r.n, 0)",
-        &[],
-    )
-    .await
-    .unwrap()
-    .get(0)
+    c.query_one("SELECT count(*) FROM hart_refcount_mismatches(NULL)", &[]).await.unwrap().get(0)
 }
