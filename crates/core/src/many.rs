@@ -18,6 +18,7 @@ const BLOCK_LEN: usize = 64;
 const CHUNK_LEN: usize = 1024;
 const CHUNK_START: u32 = 1;
 const CHUNK_END: u32 = 2;
+const PARENT: u32 = 4;
 const ROOT: u32 = 8;
 
 const IV: [u32; 8] = [0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A, 0x510E527F, 0x9B05688C, 0x1F83D9AB, 0x5BE0CD19];
@@ -52,6 +53,8 @@ struct Job {
     /// Length of the last block (0..=64).
     last_len: u32,
     counter: u32,
+    /// Flags of the first block: CHUNK_START (PARENT for a parent node).
+    start_flags: u32,
     /// Flags of the last block: CHUNK_END, and ROOT for a one-chunk message.
     end_flags: u32,
 }
@@ -126,6 +129,7 @@ impl Messages {
                     blocks: blocks as u32,
                     last_len: (clen - (blocks - 1) * BLOCK_LEN) as u32,
                     counter: c as u32,
+                    start_flags: CHUNK_START,
                     end_flags: CHUNK_END | if chunks == 1 { ROOT } else { 0 },
                 });
             }
@@ -134,10 +138,43 @@ impl Messages {
         // SAFETY: AVX-512F was detected by the caller; every job's blocks lie inside `buf`
         // (padded to whole blocks by `end`).
         unsafe { avx512::compress_jobs(&self.buf, &jobs, &mut cvs) };
+        // Two-chunk messages (lines of 32..=63 tokens) end in one parent node: those are
+        // compressed in lanes too, from a block of the two chaining values.
+        let mut parents = Vec::new();
+        let mut parent_jobs = Vec::new();
         let mut j = 0;
         for &(_, len) in &self.spans {
             let chunks = (len as usize).max(1).div_ceil(CHUNK_LEN);
-            let h = if chunks == 1 { cv_bytes(&cvs[j]) } else { merge(&cvs[j..j + chunks], true) };
+            if chunks == 2 {
+                parent_jobs.push(Job {
+                    word: parents.len() as u32 / 4,
+                    blocks: 1,
+                    last_len: BLOCK_LEN as u32,
+                    counter: 0,
+                    start_flags: PARENT,
+                    end_flags: ROOT,
+                });
+                parents.extend_from_slice(&cv_bytes(&cvs[j]));
+                parents.extend_from_slice(&cv_bytes(&cvs[j + 1]));
+            }
+            j += chunks;
+        }
+        let mut roots = vec![[0u32; 8]; parent_jobs.len()];
+        if !parent_jobs.is_empty() {
+            // SAFETY: as above; each parent job is one whole block of `parents`.
+            unsafe { avx512::compress_jobs(&parents, &parent_jobs, &mut roots) };
+        }
+        let (mut j, mut p) = (0, 0);
+        for &(_, len) in &self.spans {
+            let chunks = (len as usize).max(1).div_ceil(CHUNK_LEN);
+            let h = match chunks {
+                1 => cv_bytes(&cvs[j]),
+                2 => {
+                    p += 1;
+                    cv_bytes(&roots[p - 1])
+                }
+                _ => merge(&cvs[j..j + chunks], true),
+            };
             out.push(Hash(h));
             j += chunks;
         }
@@ -172,7 +209,7 @@ fn merge(cvs: &[[u32; 8]], root: bool) -> [u8; 32] {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Job, BLOCK_LEN, CHUNK_START, IV, MSG_SCHEDULE};
+    use super::{Job, BLOCK_LEN, IV, MSG_SCHEDULE};
     use std::arch::x86_64::*;
 
     const LANES: usize = 16;
@@ -286,7 +323,7 @@ mod avx512 {
                 let last = b + 1 == job.blocks;
                 word[l] = job.word + b * (BLOCK_LEN as u32 / 4);
                 blen[l] = if last { job.last_len } else { BLOCK_LEN as u32 };
-                flags[l] = if b == 0 { CHUNK_START } else { 0 } | if last { job.end_flags } else { 0 };
+                flags[l] = if b == 0 { job.start_flags } else { 0 } | if last { job.end_flags } else { 0 };
                 ctr[l] = job.counter;
             }
             if !busy {

@@ -29,6 +29,13 @@ use hart_core::Modality;
 pub trait LeafSink {
     /// A leaf value, 1..=64 bytes (never empty). Borrowed: copy if you keep it.
     fn leaf(&mut self, value: &[u8]);
+    /// The leaf `data[start..end]`, given with the bytes around it so that a sink may read
+    /// past its end (inside `data`) to load it in whole words. Same as
+    /// `leaf(&data[start..end])`, which is what it does unless a sink says otherwise.
+    #[inline]
+    fn leaf_at(&mut self, data: &[u8], start: usize, end: usize) {
+        self.leaf(&data[start..end])
+    }
     /// The end of an explicit group (for text: the end of a line, after its newline token).
     fn end_group(&mut self);
 }
@@ -37,6 +44,10 @@ impl<S: LeafSink + ?Sized> LeafSink for &mut S {
     #[inline]
     fn leaf(&mut self, value: &[u8]) {
         (**self).leaf(value)
+    }
+    #[inline]
+    fn leaf_at(&mut self, data: &[u8], start: usize, end: usize) {
+        (**self).leaf_at(data, start, end)
     }
     #[inline]
     fn end_group(&mut self) {

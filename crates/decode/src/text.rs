@@ -183,7 +183,7 @@ impl TextTokenizer {
             let k = key(data[i]);
             i += 1;
             if k == NEWLINE {
-                sink.leaf(&data[start..i]);
+                sink.leaf_at(data, start, i);
                 sink.end_group();
                 self.line_open = false;
                 continue;
@@ -217,7 +217,7 @@ impl TextTokenizer {
                 self.open = k;
                 return;
             }
-            sink.leaf(&data[s..i]);
+            sink.leaf_at(data, s, i);
         }
     }
 }

@@ -24,8 +24,9 @@ const BATCH_OPS: usize = 8192;
 const CHANNEL_DEPTH: usize = 4;
 /// Read size.
 const READ_BLOCK: usize = 1 << 20;
-/// Slots of the "already sent" table of each stage.
-const SENT_SLOTS: usize = 1 << 16;
+/// Slots of the "already sent" table of each stage: small enough to stay in cache (it is
+/// probed once per composite; a repeat it forgot is merely sent again).
+const SENT_SLOTS: usize = 1 << 13;
 /// Entries of the token cache before it is dropped and rebuilt.
 const LEAF_CACHE_MAX: usize = 1 << 16;
 
@@ -553,21 +554,29 @@ impl LeafSink for LeafStage<'_> {
     /// and a push; everything else out of line.
     #[inline]
     fn leaf(&mut self, value: &[u8]) {
-        if self.grouped && value.len() <= SHORT_TOKEN {
-            let words = short_words(value);
-            let len = value.len() as u8;
-            let s = &self.short[short_slot(words, len)];
-            if s.len == len && s.words == words && s.sent {
-                let child = s.child;
-                self.occurrences += 1;
-                self.chunk.kids.push(child);
-                if self.chunk.kids.len() >= CHUNK_KIDS {
-                    self.hand_off();
-                }
-                return;
-            }
+        if self.grouped && value.len() <= SHORT_TOKEN && self.short_hit(short_words(value), value.len()) {
+            return;
         }
         self.leaf_slow(value);
+    }
+
+    /// As `leaf`, reading the token as two words straight from `data` when sixteen bytes
+    /// are there (no branch on its length).
+    #[inline]
+    fn leaf_at(&mut self, data: &[u8], start: usize, end: usize) {
+        let len = end - start;
+        if self.grouped && len <= SHORT_TOKEN {
+            if let Some(w) = data.get(start..start + 16) {
+                let word = |i: usize| u64::from_le_bytes(w[i..i + 8].try_into().expect("8"));
+                let (lo, hi) = (len.min(8), len.saturating_sub(8));
+                let mask = |n: usize| if n == 0 { 0 } else { u64::MAX >> (64 - 8 * n) };
+                if self.short_hit([word(0) & mask(lo), word(8) & mask(hi)], len) {
+                    return;
+                }
+                return self.leaf_slow(&data[start..end]);
+            }
+        }
+        self.leaf(&data[start..end]);
     }
 
     fn end_group(&mut self) {
@@ -576,6 +585,23 @@ impl LeafSink for LeafStage<'_> {
 }
 
 impl LeafStage<'_> {
+    /// A token already in the short cache and already sent: count it and push its child.
+    #[inline(always)]
+    fn short_hit(&mut self, words: [u64; 2], len: usize) -> bool {
+        let len = len as u8;
+        let s = &self.short[short_slot(words, len)];
+        if s.len != len || s.words != words || !s.sent {
+            return false;
+        }
+        let child = s.child;
+        self.occurrences += 1;
+        self.chunk.kids.push(child);
+        if self.chunk.kids.len() >= CHUNK_KIDS {
+            self.hand_off();
+        }
+        true
+    }
+
     #[inline(never)]
     fn leaf_slow(&mut self, value: &[u8]) {
         let (child, send) = self.identify(value);
