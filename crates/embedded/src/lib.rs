@@ -779,8 +779,19 @@ impl Inner {
     /// manifest; then delete what the old manifest alone named.
     fn checkpoint(&mut self) -> Result<(), StoreError> {
         self.check()?;
-        self.log.sync()?;
-        self.spill()?;
+        // The log's fdatasync runs while the memtables are spilled: runs may be written before
+        // the log is durable (spills do that anyway); only the manifest, below, must wait.
+        let pending = self.log.start_sync()?;
+        let (synced, spilled) = std::thread::scope(|s| {
+            let sync = pending.as_ref().map(|p| s.spawn(move || p.wait()));
+            let spilled = self.spill();
+            (sync.map_or(Ok(()), |t| t.join().expect("the log sync panicked")), spilled)
+        });
+        synced?;
+        if let Some(p) = &pending {
+            self.log.synced(p);
+        }
+        spilled?;
         self.hruns.sync()?;
         self.kruns.sync()?;
         let index_dir = self.dir.join("index");

@@ -45,6 +45,20 @@ struct Segment {
     len: u64,
 }
 
+/// A log sync started by [`Log::start_sync`].
+pub struct PendingSync {
+    file: File,
+    path: PathBuf,
+    bytes: u64,
+}
+
+impl PendingSync {
+    /// Wait until the segment's data is on disk (fdatasync).
+    pub fn wait(&self) -> Result<(), StoreError> {
+        self.file.sync_data().map_err(|e| StoreError::io("sync", &self.path, e))
+    }
+}
+
 pub struct Log {
     dir: PathBuf,
     segs: Vec<Segment>,
@@ -270,6 +284,29 @@ impl Log {
         }
         self.unsynced = 0;
         Ok(())
+    }
+
+    /// [`Log::sync`] in two halves, so that the wait for the disk can overlap other work:
+    /// write the pending frame and return what has to reach the disk (a handle on the last
+    /// segment, if it holds unsynced bytes). Pass it to [`Log::synced`] once
+    /// [`PendingSync::wait`] has returned.
+    pub fn start_sync(&mut self) -> Result<Option<PendingSync>, StoreError> {
+        self.write_frame()?;
+        match (&self.file, self.segs.last()) {
+            (Some(f), Some(seg)) if self.unsynced > 0 => {
+                let file = f.try_clone().map_err(|e| StoreError::io("sync", &seg.path, e))?;
+                Ok(Some(PendingSync { file, path: seg.path.clone(), bytes: self.unsynced }))
+            }
+            _ => {
+                self.unsynced = 0;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The bytes that `p` covered are durable.
+    pub fn synced(&mut self, p: &PendingSync) {
+        self.unsynced = self.unsynced.saturating_sub(p.bytes);
     }
 
     /// The bytes from global offset `o` to the end of its frame (or of the pending frame).
