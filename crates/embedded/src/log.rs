@@ -45,6 +45,9 @@ struct Segment {
     len: u64,
 }
 
+/// What [`Log::scan`] calls for each good frame: its payload's offset and bytes.
+pub type FrameVisitor<'a> = dyn FnMut(u64, &[u8]) -> Result<(), StoreError> + 'a;
+
 /// A log sync started by [`Log::start_sync`].
 pub struct PendingSync {
     file: File,
@@ -327,11 +330,7 @@ impl Log {
     /// Iterate frames from `from` to the end of the log, stopping at the first torn or
     /// corrupt frame. Calls `f(payload_offset, payload)` for each good frame and returns the
     /// end of the last good one.
-    pub fn scan(
-        &self,
-        from: LogPos,
-        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), StoreError>,
-    ) -> Result<LogPos, StoreError> {
+    pub fn scan(&self, from: LogPos, f: &mut FrameVisitor<'_>) -> Result<LogPos, StoreError> {
         let mut pos = from;
         for (i, s) in self.segs.iter().enumerate().skip(from.seg as usize) {
             if i > from.seg as usize {

@@ -55,18 +55,20 @@ pub enum Outcome {
     Failed { path: PathBuf, error: String },
 }
 
+/// Files to ingest and their sizes.
+pub type FileList = Vec<(PathBuf, u64)>;
+/// Entries that could not be read, and why.
+pub type Unreadable = Vec<(PathBuf, String)>;
+
 /// Every regular file under `paths` (directories recursively, in name order), and the
 /// entries that could not be read.
-pub fn collect_files(paths: &[PathBuf]) -> (Vec<(PathBuf, u64)>, Vec<(PathBuf, String)>) {
+pub fn collect_files(paths: &[PathBuf]) -> (FileList, Unreadable) {
     collect_files_excluding(paths, None)
 }
 
 /// As [`collect_files`], skipping everything under `exclude` (a canonical path: the store's
 /// own directory, which would otherwise grow while it is being read).
-pub fn collect_files_excluding(
-    paths: &[PathBuf],
-    exclude: Option<&Path>,
-) -> (Vec<(PathBuf, u64)>, Vec<(PathBuf, String)>) {
+pub fn collect_files_excluding(paths: &[PathBuf], exclude: Option<&Path>) -> (FileList, Unreadable) {
     let mut files = Vec::new();
     let mut errors = Vec::new();
     for p in paths {

@@ -102,7 +102,7 @@ mod opt_hex {
             b.iter().map(|x| format!("{x:02x}")).collect()
         }
         pub fn decode(s: String) -> Result<Vec<u8>, String> {
-            if s.len() % 2 != 0 {
+            if !s.len().is_multiple_of(2) {
                 return Err("odd hex length".into());
             }
             (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| e.to_string())).collect()
