@@ -245,8 +245,10 @@ fn store_file(store: &dyn Store, rx: &Receiver<Msg>) -> Result<ObjectInfo, FileE
 
 /// Files at least this large get their node stage on a thread of its own.
 const PIPELINE_MIN: u64 = 8 << 20;
-/// Leaf occurrences per chunk handed from the leaf stage to the node stage.
-const CHUNK_KIDS: usize = 16_384;
+/// Leaf occurrences per chunk handed from the leaf stage to the node stage: small enough
+/// that a chunk (48 bytes per leaf) and the encodings hashed from it stay in a core's L2
+/// (measured: 65,536 costs 10-15 % more CPU than 16,384; 8,192 about 3 % less).
+const CHUNK_KIDS: usize = 8_192;
 
 fn decode_file(path: &Path, forced: Option<Modality>, progress: &Progress, tx: &Sender<Msg>) {
     let fail = |what: &str, e: std::io::Error| {
