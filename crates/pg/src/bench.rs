@@ -37,7 +37,8 @@ async fn connect(s: &ConnectionSettings) -> Result<tokio_postgres::Client, Store
         .await
         .map_err(|e| backend(&format!("connecting to {s}"), crate::error::describe(&e)))?;
     tokio::spawn(conn);
-    c.batch_execute("SET jit = off").await.map_err(pg("SET jit"))?;
+    // Measurements run as long as they take: no statement timeout from the connection settings.
+    c.batch_execute("SET jit = off; SET statement_timeout = 0").await.map_err(pg("SET jit"))?;
     Ok(c)
 }
 
@@ -194,67 +195,78 @@ pub fn point_lookups(
     if keys.is_empty() {
         return Err(StoreError::Invalid("no keys to look up".into()));
     }
-    let rt = runtime()?;
-    rt.block_on(async {
-        let mut tasks = Vec::new();
-        for t in 0..connections.max(1) {
-            let c = connect(settings).await?;
-            let keys: Vec<(i64, i64, i64)> =
-                keys.iter().map(|k| (k.h_xy as i64, k.h_yz as i64, k.h_zm as i64)).collect();
-            tasks.push(tokio::spawn(async move {
-                let parts = crate::store::Partitions::load(&c).await.map_err(pg("reading the partition plan"))?;
-                let mut stmts = std::collections::HashMap::new();
-                let mut lat = Vec::with_capacity(1 << 16);
-                let mut found = 0u64;
-                let start = Instant::now();
-                let mut i = t * 7919;
-                while start.elapsed() < duration {
-                    let (x, y, z) = keys[i % keys.len()];
-                    i += 1;
-                    let part =
-                        parts.of(x as u64).ok_or_else(|| StoreError::Invalid(format!("no partition for h_xy {x}")))?;
-                    let stmt = match stmts.get(&part) {
-                        Some(s) => s,
-                        None => {
-                            let s = c
-                                .prepare(&POINT_LOOKUP.replace("{}", &part))
-                                .await
-                                .map_err(pg("preparing the point lookup"))?;
-                            stmts.entry(part).or_insert(s)
+    let keys: Vec<(i64, i64, i64)> = keys.iter().map(|k| (k.h_xy as i64, k.h_yz as i64, k.h_zm as i64)).collect();
+    // A thread and a single-threaded runtime per connection, as a client process would have
+    // (pgbench -j: a thread per client).
+    let results: Vec<Result<(Vec<u64>, u64, Duration), StoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..connections.max(1))
+            .map(|t| {
+                let keys = &keys;
+                scope.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| backend("starting a lookup runtime", e))?;
+                    rt.block_on(async {
+                        let c = connect(settings).await?;
+                        let parts =
+                            crate::store::Partitions::load(&c).await.map_err(pg("reading the partition plan"))?;
+                        let mut stmts = std::collections::HashMap::new();
+                        let mut lat = Vec::with_capacity(1 << 18);
+                        let mut found = 0u64;
+                        let start = Instant::now();
+                        let mut i = t * 7919;
+                        while start.elapsed() < duration {
+                            let (x, y, z) = keys[i % keys.len()];
+                            i += 1;
+                            let part = parts
+                                .of(x as u64)
+                                .ok_or_else(|| StoreError::Invalid(format!("no partition for h_xy {x}")))?;
+                            let stmt = match stmts.get(&part) {
+                                Some(s) => s,
+                                None => {
+                                    let s = c
+                                        .prepare(&POINT_LOOKUP.replace("{}", &part))
+                                        .await
+                                        .map_err(pg("preparing the point lookup"))?;
+                                    stmts.entry(part).or_insert(s)
+                                }
+                            };
+                            let t0 = Instant::now();
+                            let row = c.query_opt(stmt, &[&x, &y, &z]).await.map_err(pg("point lookup"))?;
+                            lat.push(t0.elapsed().as_nanos() as u64);
+                            found += u64::from(row.is_some());
                         }
-                    };
-                    let t0 = Instant::now();
-                    let row = c.query_opt(stmt, &[&x, &y, &z]).await.map_err(pg("point lookup"))?;
-                    lat.push(t0.elapsed().as_nanos() as u64);
-                    found += u64::from(row.is_some());
-                }
-                Ok::<_, StoreError>((lat, found, start.elapsed()))
-            }));
-        }
-        let mut all = Vec::new();
-        let mut found = 0;
-        let mut wall = Duration::ZERO;
-        for t in tasks {
-            let (lat, f, d) = t.await.map_err(|e| backend("lookup task", e))??;
-            all.extend(lat);
-            found += f;
-            wall = wall.max(d);
-        }
-        if found != all.len() as u64 {
-            return Err(StoreError::Backend(format!(
-                "{} of {} looked-up keys were not found",
-                all.len() as u64 - found,
-                all.len()
-            )));
-        }
-        all.sort_unstable();
-        let q = |p: f64| all[((all.len() - 1) as f64 * p) as usize] as f64 / 1e3;
-        Ok(LookupStats {
-            ops: all.len() as u64,
-            per_s: all.len() as f64 / wall.as_secs_f64(),
-            p50_us: q(0.50),
-            p99_us: q(0.99),
-        })
+                        Ok((lat, found, start.elapsed()))
+                    })
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(backend("lookup thread", "panicked")))).collect()
+    });
+    let mut all = Vec::new();
+    let mut found = 0;
+    let mut wall = Duration::ZERO;
+    for r in results {
+        let (lat, f, d) = r?;
+        all.extend(lat);
+        found += f;
+        wall = wall.max(d);
+    }
+    if found != all.len() as u64 {
+        return Err(StoreError::Backend(format!(
+            "{} of {} looked-up keys were not found",
+            all.len() as u64 - found,
+            all.len()
+        )));
+    }
+    all.sort_unstable();
+    let q = |p: f64| all[((all.len() - 1) as f64 * p) as usize] as f64 / 1e3;
+    Ok(LookupStats {
+        ops: all.len() as u64,
+        per_s: all.len() as f64 / wall.as_secs_f64(),
+        p50_us: q(0.50),
+        p99_us: q(0.99),
     })
 }
 

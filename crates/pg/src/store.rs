@@ -328,7 +328,7 @@ async fn record(c: &Object, parts: &Partitions, row: &Row) -> DbResult<AtomRecor
     let mut children = Vec::with_capacity(kid_pos.len());
     if !kid_pos.is_empty() {
         let keys: Vec<HilbertKey> = kid_pos.iter().map(|p| HilbertKey::new(modality, p)).collect();
-        for (i, r) in rows_at(c, parts, &keys, "a.content_hash").await?.into_iter().enumerate() {
+        for (i, r) in rows_at(&[c], parts, &keys, "a.content_hash").await?.into_iter().enumerate() {
             let r = r.ok_or_else(|| {
                 StoreError::Backend(format!("atom {hash}: child {i} at key {} is missing; run fsck", keys[i]))
             })?;
@@ -357,7 +357,10 @@ enum Item {
 /// `keys`; None where no atom the caller can see is. One query per partition, all in flight at
 /// once on the connection, each prepared once per connection and run on the partition itself
 /// (decision 0011): the read policy of `atoms` holds there too.
-async fn rows_at(c: &Object, parts: &Partitions, keys: &[HilbertKey], cols: &str) -> DbResult<Vec<Option<Row>>> {
+///
+/// With several connections (sharing one snapshot), the partitions' queries are spread over
+/// them, largest first, so that the server works on both cores.
+async fn rows_at(conns: &[&Object], parts: &Partitions, keys: &[HilbertKey], cols: &str) -> DbResult<Vec<Option<Row>>> {
     // Per partition: the keys' three parts and their index in `keys`.
     type Group = (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>);
     let mut groups: std::collections::BTreeMap<String, Group> = Default::default();
@@ -369,7 +372,17 @@ async fn rows_at(c: &Object, parts: &Partitions, keys: &[HilbertKey], cols: &str
         g.2.push(k.h_zm as i64);
         g.3.push(i as i64);
     }
-    let queries = groups.iter().map(|(part, (x, y, z, i))| async move {
+    // Largest groups first, each to the connection with the fewest keys so far.
+    let mut order: Vec<_> = groups.iter().collect();
+    order.sort_by_key(|(_, g)| std::cmp::Reverse(g.0.len()));
+    let mut load = vec![0usize; conns.len().max(1)];
+    let mut assigned = Vec::with_capacity(order.len());
+    for (part, g) in order {
+        let j = (0..load.len()).min_by_key(|&j| load[j]).unwrap_or(0);
+        load[j] += g.0.len();
+        assigned.push((conns[j], part, g));
+    }
+    let queries = assigned.into_iter().map(|(c, part, (x, y, z, i))| async move {
         let stmt = c
             .prepare_cached(&format!(
                 "SELECT u.i, {cols}
@@ -391,17 +404,17 @@ async fn rows_at(c: &Object, parts: &Partitions, keys: &[HilbertKey], cols: &str
 
 /// What a walk needs of the atoms at `keys`: a leaf's value, a composite's EWKB.
 async fn walk_fetch(
-    c: &Object,
+    conns: &[&Object],
     parts: &Partitions,
     keys: &[HilbertKey],
 ) -> DbResult<Vec<Option<(Option<Vec<u8>>, Option<Vec<u8>>)>>> {
-    let rows = rows_at(c, parts, keys, "a.value, CASE WHEN a.value IS NULL THEN ST_AsEWKB(a.geom) END").await?;
+    let rows = rows_at(conns, parts, keys, "a.value, CASE WHEN a.value IS NULL THEN ST_AsEWKB(a.geom) END").await?;
     Ok(rows.into_iter().map(|r| r.map(|r| (r.get(1), r.get(2)))).collect())
 }
 
 /// Write the leaves under the atom at `root` in order, resolving up to [`CAT_BATCH`] atoms
 /// per query from the front of the walk: memory stays bounded by depth × fan-out × batch.
-async fn walk(c: &Object, parts: &Partitions, root: HilbertKey, out: &mut dyn Write) -> DbResult<u64> {
+async fn walk(conns: &[&Object], parts: &Partitions, root: HilbertKey, out: &mut dyn Write) -> DbResult<u64> {
     let mut queue: std::collections::VecDeque<Item> = std::collections::VecDeque::new();
     queue.push_back(Item::Pending(root));
     let mut written = 0u64;
@@ -436,7 +449,7 @@ async fn walk(c: &Object, parts: &Partitions, root: HilbertKey, out: &mut dyn Wr
                 slots.push(s);
             }
         }
-        let got = walk_fetch(c, parts, &keys).await?;
+        let got = walk_fetch(conns, parts, &keys).await?;
         // Rebuild the front of the queue with leaves as bytes and composites expanded.
         let rest = queue.split_off(n);
         let front = std::mem::take(&mut queue);
@@ -638,16 +651,38 @@ impl Store for PgStore {
 
     fn cat(&self, root: &Hash, out: &mut dyn Write) -> Result<u64, StoreError> {
         let conn = self.rt.block_on(self.pool.get()).map_err(|e| StoreError::from(DbError::from(e)))?;
+        // A second connection, if the pool has one to spare, lets the server read on two cores.
+        let second = self.rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_millis(100), self.pool.get()).await.ok()?.ok()
+        });
         self.rt
             .block_on(async {
                 let key = key_of_hash(&conn, root)
                     .await?
                     .ok_or_else(|| StoreError::NotFound { what: "atom", id: root.to_hex() })?;
-                // One snapshot for the whole walk: a concurrent gc cannot pull atoms from under it.
+                // One snapshot for the whole walk, shared by both connections: a concurrent gc
+                // cannot pull atoms from under it.
                 conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+                let mut conns = vec![&conn];
+                if let Some(c2) = &second {
+                    let snapshot: String = conn.query_one("SELECT pg_export_snapshot()", &[]).await?.get(0);
+                    let shared = async {
+                        c2.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+                        c2.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'")).await
+                    };
+                    match shared.await {
+                        Ok(()) => conns.push(c2),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cat on one connection: the snapshot could not be shared");
+                            let _ = c2.batch_execute("ROLLBACK").await;
+                        }
+                    }
+                }
                 let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut *out);
-                let r = walk(&conn, &self.partitions, key, &mut w).await;
-                let _ = conn.batch_execute("COMMIT").await;
+                let r = walk(&conns, &self.partitions, key, &mut w).await;
+                for c in &conns {
+                    let _ = c.batch_execute("COMMIT").await;
+                }
                 let n = r?;
                 w.flush().map_err(|e| StoreError::io("write", "output", e))?;
                 Ok::<_, DbError>(n)
@@ -786,7 +821,8 @@ impl Store for PgStore {
 /// Delete atoms at reference count zero and release what they referenced, round after round,
 /// in one transaction (under the gc advisory lock, so no ingestion is in flight).
 async fn gc_rounds(c: &Object) -> DbResult<GcReport> {
-    c.batch_execute("BEGIN").await?;
+    // Collecting scans the whole store: no statement timeout inside it.
+    c.batch_execute("BEGIN; SET LOCAL statement_timeout = 0").await?;
     let r = async {
         let mut report = GcReport::default();
         loop {
@@ -846,7 +882,8 @@ impl Write for HashingWriter {
 
 async fn fsck(c: &Object, parts: &Partitions, progress: &dyn Fn(u64, u64)) -> DbResult<FsckReport> {
     let mut report = FsckReport::default();
-    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    // A whole-store check runs as long as the store is big: no statement timeout inside it.
+    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL statement_timeout = 0").await?;
     let r = async {
         // References recounted from scratch: one per distinct child of each composite, one per
         // live object on its root.
@@ -902,7 +939,7 @@ async fn fsck(c: &Object, parts: &Partitions, progress: &dyn Fn(u64, u64)) -> Db
                 continue;
             };
             let mut w = HashingWriter(blake3::Hasher::new(), 0);
-            match walk(c, parts, key, &mut w).await {
+            match walk(&[c], parts, key, &mut w).await {
                 Ok(_) => {
                     let got = Hash(*w.0.finalize().as_bytes());
                     if Some(got) != info.source_hash || w.1 != info.size {
