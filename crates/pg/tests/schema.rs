@@ -337,3 +337,31 @@ async fn pg_stat_statements_is_enabled_where_available() {
     let n: i64 = c.query_one("SELECT count(*) FROM pg_stat_statements", &[]).await.unwrap().get(0);
     assert!(n > 0);
 }
+
+async fn summarised_atoms(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT coalesce(sum(atoms), 0)::bigint FROM atom_spatial_summary", &[]).await.unwrap().get(0)
+}
+
+async fn refresh_due(c: &tokio_postgres::Client, every: &str) -> bool {
+    c.query_one(&format!("SELECT hart_refresh_spatial_summary_due('{every}')"), &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn spatial_summary_is_refreshed_by_the_application_when_due() {
+    let db = TestDb::migrated("summary_due").await;
+    let c = db.client().await;
+    let cron: bool =
+        c.query_one("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_cron')", &[]).await.unwrap().get(0);
+    assert!(!cron, "this test is for clusters without pg_cron (its scheduled job replaces the application's)");
+    let x = Atom::leaf(Modality::Text, b"summarised");
+    common::merge_atoms(&c, &[&x], true).await.unwrap();
+    assert_eq!(summarised_atoms(&c).await, 0, "not refreshed yet");
+    assert!(refresh_due(&c, "5 minutes").await, "the first call refreshes");
+    assert_eq!(summarised_atoms(&c).await, 1);
+    let y = Atom::leaf(Modality::Text, b"later");
+    common::merge_atoms(&c, &[&y], true).await.unwrap();
+    assert!(!refresh_due(&c, "5 minutes").await, "not due again within the interval");
+    assert_eq!(summarised_atoms(&c).await, 1);
+    assert!(refresh_due(&c, "0 seconds").await, "due once the interval has passed");
+    assert_eq!(summarised_atoms(&c).await, 2);
+}
