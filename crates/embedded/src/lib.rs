@@ -43,8 +43,6 @@ const MEM_LIMIT: usize = 400 * 1024;
 /// Capacity reserved for each memtable: 7/8 of 2^19 buckets, with room for a whole batch past
 /// the limit (the limit is checked between batches), so the tables never grow.
 const MEM_RESERVE: usize = 448 * 1024;
-/// Run ids reserved for the hash index at each spill (the key index's start above them).
-const SPILL_IDS: u64 = 64;
 /// Log bytes after which a checkpoint is taken, bounding replay on open.
 const CHECKPOINT_BYTES: u64 = 512 << 20;
 /// Entries per generation of the writer's cache of recently used atoms.
@@ -728,43 +726,22 @@ impl Inner {
         // No atom was ever removed: nothing to filter out (one map lookup less per entry).
         let any_dead = state.counters.dead_atoms > 0;
         let keep = |o: u64| !any_dead || !state.is_dead(o);
-        // The two indexes are sorted and written at once, on two threads. Run ids must only be
-        // unique: the key index takes them from `SPILL_IDS` above the hash index's, more than
-        // one spill can use (a run plus at most one merge per level, < 64 levels).
-        let (hash_next, key_next) = (manifest.next_run, manifest.next_run + SPILL_IDS);
-        let (hashed, keyed) = std::thread::scope(|s| {
-            let hash_side = s.spawn(|| -> Result<(Vec<PathBuf>, u64), StoreError> {
-                let mut next = hash_next;
-                if d.hmem.is_empty() {
-                    return Ok((Vec::new(), next));
-                }
-                let mut e: Vec<([u8; 16], u64)> = d
-                    .hmem
-                    .iter()
-                    .filter(|(_, &o)| keep(o))
-                    .map(|(h, &o)| (h.0[..16].try_into().expect("16"), o))
-                    .collect();
-                e.sort_unstable();
-                Ok((hruns.add(&index_dir, &mut next, e, &keep)?, next))
-            });
-            let key_side = (|| -> Result<(Vec<PathBuf>, u64), StoreError> {
-                let mut next = key_next;
-                if d.kmem.is_empty() {
-                    return Ok((Vec::new(), next));
-                }
-                let mut e: Vec<([u8; 8], u64)> =
-                    d.kmem.iter().filter(|(_, &o)| keep(o)).map(|(k, &o)| (k.h_xy.to_be_bytes(), o)).collect();
-                e.sort_unstable();
-                Ok((kruns.add(&index_dir, &mut next, e, &keep)?, next))
-            })();
-            (hash_side.join().expect("the hash index spill panicked"), key_side)
-        });
-        let (hash_dead, hash_next) = hashed?;
-        let (key_dead, key_next) = keyed?;
-        debug_assert!(hash_next <= manifest.next_run + SPILL_IDS);
-        pending_delete.extend(hash_dead);
-        pending_delete.extend(key_dead);
-        let next = key_next.max(hash_next);
+        // One index after the other: at once (on two threads) they would hold both sorted
+        // entry lists and both merges' buffers together, which a 2 GiB ingest cannot afford
+        // under its 256 MiB.
+        let mut next = manifest.next_run;
+        if !d.hmem.is_empty() {
+            let mut e: Vec<([u8; 16], u64)> =
+                d.hmem.iter().filter(|(_, &o)| keep(o)).map(|(h, &o)| (h.0[..16].try_into().expect("16"), o)).collect();
+            e.sort_unstable();
+            pending_delete.extend(hruns.add(&index_dir, &mut next, e, &keep)?);
+        }
+        if !d.kmem.is_empty() {
+            let mut e: Vec<([u8; 8], u64)> =
+                d.kmem.iter().filter(|(_, &o)| keep(o)).map(|(k, &o)| (k.h_xy.to_be_bytes(), o)).collect();
+            e.sort_unstable();
+            pending_delete.extend(kruns.add(&index_dir, &mut next, e, &keep)?);
+        }
         self.manifest.next_run = next;
         self.d.hmem.clear();
         self.d.kmem.clear();
