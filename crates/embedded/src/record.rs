@@ -79,10 +79,11 @@ pub fn encode_leaf(buf: &mut Vec<u8>, modality: u8, value: &[u8]) {
 }
 
 pub fn encode_node(buf: &mut Vec<u8>, own: u64, modality: u8, hash: &Hash, pos: &Position, children: &[u64]) {
-    // Sized for the longest encoding, written by index, cut to length: one capacity check
-    // instead of one per byte.
+    // Sized exactly (plus the slack of the word-at-a-time varint writes), written by index,
+    // cut to length: one capacity check instead of one per byte, and few bytes zeroed first.
     let start = buf.len();
-    buf.resize(start + 50 + varint::MAX_LEN * (children.len() + 1), 0);
+    let len = 50 + varint::len(children.len() as u64) + children.iter().map(|&c| varint::len(own - c)).sum::<usize>();
+    buf.resize(start + len + varint::MAX_LEN, 0);
     let out = &mut buf[start..];
     out[0] = NODE;
     out[1] = modality;
@@ -96,6 +97,7 @@ pub fn encode_node(buf: &mut Vec<u8>, own: u64, modality: u8, hash: &Hash, pos: 
         debug_assert!(c < own);
         p += varint::write(&mut out[p..], own - c);
     }
+    debug_assert_eq!(p, len);
     buf.truncate(start + p);
 }
 

@@ -10,7 +10,7 @@ pub fn write(out: &mut [u8], v: u64) -> usize {
     if v < 1 << 56 {
         // Up to eight bytes at once: spread the 7-bit groups a byte apart, set the
         // continuation bit of every byte but the last, store one word.
-        let n = (64 - (v | 1).leading_zeros() as usize).div_ceil(7);
+        let n = len(v);
         let mut x = 0u64;
         for g in 0..8 {
             x |= (v & (0x7f << (7 * g))) << g;
@@ -20,6 +20,12 @@ pub fn write(out: &mut [u8], v: u64) -> usize {
         return n;
     }
     write_slow(out, v)
+}
+
+/// Bytes in the encoding of `v`.
+#[inline(always)]
+pub fn len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// The continuation bits of an encoding of `n` bytes (1..=8).
@@ -79,6 +85,7 @@ mod tests {
             let mut w = [0xaau8; super::MAX_LEN];
             let n = super::write(&mut w, v);
             prop_assert_eq!(&w[..n], &b[..]);
+            prop_assert_eq!(super::len(v), b.len());
             // Small values too (the fast path), whatever the bytes around them.
             let small = v >> (v % 64);
             let mut b = Vec::new();
