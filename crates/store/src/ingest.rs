@@ -360,6 +360,7 @@ pub struct LeafStage<'scope> {
     emitted: SentSet,
     /// Recent tokens of up to [`SHORT_TOKEN`] bytes, and longer ones.
     short: Vec<ShortToken>,
+    short_len: Vec<u8>,
     leaf_cache: FxHashMap<u64, CachedLeaf>,
     occurrences: u64,
     down: Downstream<'scope>,
@@ -372,19 +373,20 @@ const SHORT_TOKEN: usize = 16;
 /// Slots of that table.
 const SHORT_SLOTS: usize = 1 << 15;
 
+/// A slot of that table: one cache line. Its token's length is kept apart (`short_len`), and
+/// a token in the table has been sent to the store during this file (a miss asks the sent
+/// table before it fills the slot).
 #[derive(Clone, Copy)]
+#[repr(C, align(64))]
 struct ShortToken {
     /// The token's bytes, little-endian, zero-padded.
     words: [u64; 2],
-    /// Its length; `u8::MAX` for an empty slot.
-    len: u8,
-    /// Already sent to the store during this file.
-    sent: bool,
     child: Child,
 }
 
-const NO_TOKEN: ShortToken =
-    ShortToken { words: [0; 2], len: u8::MAX, sent: false, child: Child { hash: Hash([0; 32]), pos: ZERO_POS } };
+const NO_TOKEN: ShortToken = ShortToken { words: [0; 2], child: Child { hash: Hash([0; 32]), pos: ZERO_POS } };
+/// `short_len` of an empty slot.
+const NO_LEN: u8 = u8::MAX;
 const ZERO_POS: hart_core::Position = hart_core::Position { x: 0, y: 0, z: 0, m: 0 };
 
 /// The bytes of a token of at most 16 bytes as two little-endian words, zero-padded, read
@@ -456,6 +458,7 @@ impl<'scope> LeafStage<'scope> {
             chunk: Chunk::with_capacity(),
             emitted: SentSet::new(),
             short: if modality == Modality::Binary { Vec::new() } else { vec![NO_TOKEN; SHORT_SLOTS] },
+            short_len: if modality == Modality::Binary { Vec::new() } else { vec![NO_LEN; SHORT_SLOTS] },
             leaf_cache: FxHashMap::default(),
             occurrences: 0,
             down,
@@ -475,17 +478,15 @@ impl<'scope> LeafStage<'scope> {
             let words = short_words(value);
             let len = value.len() as u8;
             let i = short_slot(words, len);
-            let s = &mut self.short[i];
-            if s.len == len && s.words == words {
-                let send = !s.sent;
-                s.sent = true;
-                return (s.child, send);
+            if self.short_len[i] == len && self.short[i].words == words {
+                return (self.short[i].child, false);
             }
             let (hash, pos) = leaf_identity(self.modality, value);
             let child = Child { hash, pos };
             // The token may have been sent before it lost its slot: ask the other cache.
             let send = self.emitted.insert(hash);
-            self.short[i] = ShortToken { words, len, sent: true, child };
+            self.short[i] = ShortToken { words, child };
+            self.short_len[i] = len;
             return (child, send);
         }
         self.identify_long(value)
@@ -593,11 +594,11 @@ impl LeafStage<'_> {
     #[inline(always)]
     fn short_hit(&mut self, words: [u64; 2], len: usize) -> bool {
         let len = len as u8;
-        let s = &self.short[short_slot(words, len)];
-        if s.len != len || s.words != words || !s.sent {
+        let i = short_slot(words, len);
+        if self.short_len[i] != len || self.short[i].words != words {
             return false;
         }
-        let child = s.child;
+        let child = self.short[i].child;
         self.occurrences += 1;
         self.chunk.kids.push(child);
         if self.chunk.kids.len() >= CHUNK_KIDS {
