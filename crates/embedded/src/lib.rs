@@ -90,7 +90,9 @@ struct HotCache {
     stamp: u32,
 }
 
+/// One cache line, so that a hit touches one.
 #[derive(Clone, Copy)]
+#[repr(C, align(64))]
 struct Slot {
     hash: Hash,
     off: u64,
