@@ -291,14 +291,6 @@ fn build_pool(settings: &ConnectionSettings) -> Result<Pool, StoreError> {
         .map_err(|e| backend("building the connection pool", e))
 }
 
-fn key_params(keys: &[HilbertKey]) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
-    (
-        keys.iter().map(|k| k.h_xy as i64).collect(),
-        keys.iter().map(|k| k.h_yz as i64).collect(),
-        keys.iter().map(|k| k.h_zm as i64).collect(),
-    )
-}
-
 fn hash_of(bytes: &[u8]) -> Result<Hash, StoreError> {
     let a: [u8; 32] =
         bytes.try_into().map_err(|_| StoreError::Backend(format!("content hash of {} bytes", bytes.len())))?;
@@ -315,11 +307,6 @@ fn modality_of(m: i16) -> Result<Modality, StoreError> {
 fn geom_of(bytes: &[u8]) -> Result<(Position, Vec<Position>), StoreError> {
     decode_ewkb(bytes).map_err(|e| StoreError::Backend(format!("atom geometry: {e}")))
 }
-
-/// Rows for the keys found, with their 1-based index in the key arrays: (index, value,
-/// geometry, content hash, modality). `hart_atoms_at` looks the keys up per partition (a
-/// parameterized join into the partitioned table costs ~100 us per key; migration 0010).
-const BY_KEYS: &str = "SELECT i, value, geom, content_hash, modality FROM hart_atoms_at($1, $2, $3)";
 
 const ATOM_FIELDS: &str = "a.modality, a.value, ST_AsEWKB(a.geom), a.content_hash, a.ref_count";
 const ATOM_COLS: &str = "a.modality, a.value, ST_AsEWKB(a.geom), a.content_hash, a.ref_count FROM atoms a";
@@ -1019,10 +1006,10 @@ async fn stage_rows(
     let mut kid_pos = Vec::new();
     for op in ops {
         let key = HilbertKey::new(op.modality, &op.pos);
+        kid_pos.clear();
         let (value, kids) = match op.kind {
             AtomKind::Leaf => (Some(batch.value(op).to_vec()), None),
             AtomKind::Node => {
-                kid_pos.clear();
                 for h in batch.children(op) {
                     let p = match positions.get_promote(h) {
                         Some(p) => p,
@@ -1055,7 +1042,7 @@ async fn stage_rows(
         };
         rows.push(StageRow {
             key,
-            geom: ewkb(&op.pos, &kid_pos[..if value.is_some() { 0 } else { kid_pos.len() }]),
+            geom: ewkb(&op.pos, &kid_pos),
             value,
             modality: i16::from(op.modality.as_u8()),
             hash: op.hash,
@@ -1108,13 +1095,12 @@ async fn copy_stage(conn: &Object, geometry: &Type, rows: &[StageRow]) -> DbResu
 
 /// The error for a batch the merge refused as a collision (HT001): names the stored atom and
 /// the newcomer when the caller can read the stored one.
-async fn collision(conn: &Object, rows: &[StageRow], cause: &str) -> StoreError {
+async fn collision(conn: &Object, parts: &Partitions, rows: &[StageRow], cause: &str) -> StoreError {
     let keys: Vec<HilbertKey> = rows.iter().map(|r| r.key).collect();
-    let (x, y, z) = key_params(&keys);
-    if let Ok(found) = conn.query(BY_KEYS, &[&x, &y, &z]).await {
-        for r in found {
-            let i = (r.get::<_, i64>(0) - 1) as usize;
-            if let Ok(h) = hash_of(r.get(3)) {
+    if let Ok(found) = rows_at(&[conn], parts, &keys, "a.content_hash").await {
+        for (i, r) in found.into_iter().enumerate() {
+            let Some(r) = r else { continue };
+            if let Ok(h) = hash_of(r.get(1)) {
                 if h != rows[i].hash {
                     return StoreError::Collision {
                         key: keys[i].to_string(),
@@ -1175,7 +1161,7 @@ impl PgSession<'_> {
                 .await;
             match r {
                 Err(DbError::Pg(ref pg)) if pg.code().map(|c| c.code()) == Some("HT001") => {
-                    Err(collision(conn, &rows, &pg.to_string()).await.into())
+                    Err(collision(conn, &store.partitions, &rows, &pg.to_string()).await.into())
                 }
                 Err(e) => Err(e),
                 Ok((c, r)) => Ok((c as u64, r as u64)),
