@@ -4,7 +4,7 @@ use crate::exit;
 use hart_store::StoreError;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// `1.5 MiB`-style sizes.
@@ -40,23 +40,18 @@ pub fn bar(total: u64, what: &str, hidden: bool) -> ProgressBar {
 }
 
 /// Run `f` while a ticker thread moves `pb` to `position` ten times a second. The ticker
-/// ends with `f` on every way out, a panic included.
+/// ends with `f` on every way out, a panic included, at once (it waits on a channel that `f`'s
+/// end closes, not in a sleep: a sleeping ticker would hold every command up to 100 ms).
 pub fn ticking<T>(pb: &ProgressBar, position: &AtomicU64, f: impl FnOnce() -> T) -> T {
-    let done = AtomicBool::new(false);
+    let (done, ticks) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|s| {
-        struct Done<'a>(&'a AtomicBool);
-        impl Drop for Done<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, Ordering::Relaxed);
-            }
-        }
-        let _done = Done(&done);
-        s.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
+        s.spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = ticks.recv_timeout(Duration::from_millis(100)) {
                 pb.set_position(position.load(Ordering::Relaxed));
-                std::thread::sleep(Duration::from_millis(100));
             }
         });
+        // Dropped when `f` returns or unwinds: the ticker sees the channel close.
+        let _done = done;
         f()
     })
 }

@@ -75,10 +75,20 @@ fn blocks_for(keys: usize, bits_per_key: u64) -> usize {
     ((keys as u64 * bits_per_key).div_ceil(512)).max(1) as usize
 }
 
+/// One bloom block: a cache line (aligned in memory, so a probe touches exactly one).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Block([u64; BLOCK_WORDS]);
+
+#[inline]
+fn block_of(blocks: usize, h1: u64) -> usize {
+    ((u128::from(h1) * blocks as u128) >> 64) as usize
+}
+
 /// The block and the (word, mask) probes of a key in a blocked bloom of `blocks` blocks.
 #[inline]
 fn probes(blocks: usize, (h1, h2): (u64, u64)) -> (usize, [(usize, u64); BLOOM_K as usize]) {
-    let b = ((u128::from(h1) * blocks as u128) >> 64) as usize;
+    let b = block_of(blocks, h1);
     let mut out = [(0usize, 0u64); BLOOM_K as usize];
     for (i, o) in out.iter_mut().enumerate() {
         let bit = (h2 >> (9 * i)) & 511;
@@ -89,29 +99,35 @@ fn probes(blocks: usize, (h1, h2): (u64, u64)) -> (usize, [(usize, u64); BLOOM_K
 
 /// A blocked bloom filter in memory (the writer's global filter over all runs of an index).
 pub struct Bloom {
-    words: Vec<u64>,
+    blocks: Vec<Block>,
     keys: usize,
     capacity: usize,
 }
 
 impl Bloom {
     pub fn with_capacity(capacity: usize, bits_per_key: u64) -> Self {
-        Bloom { words: vec![0; blocks_for(capacity, bits_per_key) * BLOCK_WORDS], keys: 0, capacity }
+        Bloom { blocks: vec![Block([0; BLOCK_WORDS]); blocks_for(capacity, bits_per_key)], keys: 0, capacity }
     }
 
     #[inline]
     pub fn insert(&mut self, h: (u64, u64)) {
-        let blocks = self.words.len() / BLOCK_WORDS;
-        for (w, m) in probes(blocks, h).1 {
-            self.words[w] |= m;
+        for (w, m) in probes(self.blocks.len(), h).1 {
+            self.blocks[w / BLOCK_WORDS].0[w % BLOCK_WORDS] |= m;
         }
         self.keys += 1;
     }
 
     #[inline]
     pub fn contains(&self, h: (u64, u64)) -> bool {
-        let blocks = self.words.len() / BLOCK_WORDS;
-        probes(blocks, h).1.iter().all(|&(w, m)| self.words[w] & m != 0)
+        probes(self.blocks.len(), h).1.iter().all(|&(w, m)| self.blocks[w / BLOCK_WORDS].0[w % BLOCK_WORDS] & m != 0)
+    }
+
+    /// Start loading the block that [`Bloom::contains`] or [`Bloom::insert`] will read for `h`.
+    #[inline]
+    pub fn prefetch(&self, h: (u64, u64)) {
+        if !self.blocks.is_empty() {
+            hart_core::prefetch(&self.blocks[block_of(self.blocks.len(), h.0)]);
+        }
     }
 
     pub fn is_full(&self) -> bool {
@@ -120,12 +136,12 @@ impl Bloom {
 
     /// Forget every key (the memory stays).
     pub fn clear(&mut self) {
-        self.words.fill(0);
+        self.blocks.fill(Block([0; BLOCK_WORDS]));
         self.keys = 0;
     }
 
     pub fn memory(&self) -> usize {
-        self.words.len() * 8
+        self.blocks.len() * std::mem::size_of::<Block>()
     }
 }
 
@@ -508,6 +524,14 @@ impl<const K: usize> Runs<K> {
     #[inline]
     pub fn may_contain_hashed(&self, h: (u64, u64)) -> bool {
         !self.runs.is_empty() && self.global.as_ref().is_none_or(|g| g.contains(h))
+    }
+
+    /// Start loading what [`Runs::may_contain_hashed`] will read for `h`.
+    #[inline]
+    pub fn prefetch_hashed(&self, h: (u64, u64)) {
+        if let Some(g) = &self.global {
+            g.prefetch(h);
+        }
     }
 
     /// Offsets of every entry whose key starts with `prefix` ([`GLOBAL_PREFIX`] bytes),

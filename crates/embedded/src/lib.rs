@@ -105,6 +105,9 @@ struct Slot {
 }
 
 const LEAF_SLOTS: usize = 1 << 15;
+/// How many atoms ahead of the one being put [`Inner::prefetch`] works: far enough for the
+/// loads to arrive, near enough that they are still in cache when used.
+const PREFETCH_AHEAD: usize = 4;
 const NODE_SLOTS: usize = 1 << 12;
 const EMPTY: Slot = Slot { hash: Hash([0xff; 32]), off: u64::MAX, stamp: 0, pending: 0 };
 const FRESH: u32 = 1 << 31;
@@ -140,6 +143,16 @@ impl HotCache {
         }
         let i = Self::slot(hash, false);
         holds(i).then_some(i)
+    }
+
+    /// Start loading the slots [`HotCache::find`] will read for `hash` (`leaf_only`: the leaf
+    /// slot alone, where a composite's children almost always are).
+    #[inline]
+    fn prefetch(&self, hash: &Hash, leaf_only: bool) {
+        hart_core::prefetch(self.direct[Self::slot(hash, true)..].as_ptr());
+        if !leaf_only {
+            hart_core::prefetch(self.direct[Self::slot(hash, false)..].as_ptr());
+        }
     }
 
     /// The offset of a cached atom, from the direct tables only.
@@ -645,6 +658,22 @@ impl Inner {
         Ok(None)
     }
 
+    /// Start loading the memory [`EmbeddedSession::put_ops`] will touch for `op`: its cache
+    /// slots, both blooms' blocks and its children's cache slots. The tables are far larger
+    /// than the caches, and each lookup is otherwise a miss paid in sequence.
+    #[inline]
+    fn prefetch(&self, batch: &Batch, op: &Op) {
+        self.hot.prefetch(&op.hash, false);
+        let h = prefix_hashes(&op.hash);
+        self.d.mbloom.0.prefetch(h);
+        self.hruns.prefetch_hashed(h);
+        if op.kind == AtomKind::Node {
+            for c in batch.children(op) {
+                self.hot.prefetch(c, true);
+            }
+        }
+    }
+
     /// Offset of a live atom by hash, through the writer's cache.
     fn resolve(&mut self, hash: &Hash) -> Result<Option<u64>, StoreError> {
         if let Some(o) = self.hot.direct(hash).or_else(|| self.hot.map.get_promote(hash)) {
@@ -1088,7 +1117,13 @@ struct EmbeddedSession<'a> {
 
 impl EmbeddedSession<'_> {
     fn put_ops(&mut self, inner: &mut Inner, batch: &Batch) -> Result<(), StoreError> {
-        for op in &batch.ops {
+        for op in batch.ops.iter().take(PREFETCH_AHEAD) {
+            inner.prefetch(batch, op);
+        }
+        for (i, op) in batch.ops.iter().enumerate() {
+            if let Some(next) = batch.ops.get(i + PREFETCH_AHEAD) {
+                inner.prefetch(batch, next);
+            }
             if inner.hot.direct(&op.hash).is_some() {
                 continue;
             }
