@@ -184,6 +184,10 @@ pub struct LookupStats {
 pub const POINT_LOOKUP: &str = "SELECT value, ST_AsEWKB(geom), content_hash, modality, ref_count FROM {}
                                 WHERE h_xy = $1 AND h_yz = $2 AND h_zm = $3";
 
+/// What one connection of [`point_lookups`] measured: each lookup's latency (ns), the lookups
+/// done, and how long it ran.
+type ConnectionRun = (Vec<u64>, u64, Duration);
+
 /// Point lookups by key on `connections` connections for `duration` (prepared statements,
 /// one per partition, keys taken round-robin from `keys`); latency of every lookup recorded.
 pub fn point_lookups(
@@ -198,7 +202,7 @@ pub fn point_lookups(
     let keys: Vec<(i64, i64, i64)> = keys.iter().map(|k| (k.h_xy as i64, k.h_yz as i64, k.h_zm as i64)).collect();
     // A thread and a single-threaded runtime per connection, as a client process would have
     // (pgbench -j: a thread per client).
-    let results: Vec<Result<(Vec<u64>, u64, Duration), StoreError>> = std::thread::scope(|scope| {
+    let results: Vec<Result<ConnectionRun, StoreError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..connections.max(1))
             .map(|t| {
                 let keys = &keys;
