@@ -42,7 +42,8 @@ pub struct Run<const K: usize> {
     /// Where the bloom words start in the map, and how many blocks there are.
     bloom_at: usize,
     blocks: usize,
-    fences: Vec<[u8; K]>,
+    /// The fences as [`ordinal`]s: a binary search over them compares integers.
+    fences: Vec<u128>,
     /// Whether the file is known durable (fsynced since it was written).
     synced: bool,
 }
@@ -73,6 +74,20 @@ pub fn slice_hashes(key: &[u8]) -> (u64, u64) {
 
 fn blocks_for(keys: usize, bits_per_key: u64) -> usize {
     ((keys as u64 * bits_per_key).div_ceil(512)).max(1) as usize
+}
+
+/// Entries [`Run::lower_bound`] walks from its interpolated guess before it falls back to a
+/// binary search.
+const INTERPOLATION_STEPS: usize = 8;
+
+/// A key of at most 16 bytes as an integer that orders like the bytes (big-endian, padded on
+/// the right with zeros).
+#[inline]
+fn ordinal<const K: usize>(key: &[u8; K]) -> u128 {
+    const { assert!(K <= 16, "index keys are at most 16 bytes") };
+    let mut b = [0u8; 16];
+    b[..K].copy_from_slice(key);
+    u128::from_be_bytes(b)
 }
 
 /// One bloom block: a cache line (aligned in memory, so a probe touches exactly one).
@@ -253,7 +268,7 @@ impl<const K: usize> Run<K> {
         if words % BLOCK_WORDS != 0 {
             return Err(corrupt("index run has a malformed bloom filter"));
         }
-        let fences = map[fences_at..].chunks_exact(K).map(|c| <[u8; K]>::try_from(c).expect("K")).collect();
+        let fences = map[fences_at..].chunks_exact(K).map(|c| ordinal::<K>(c.try_into().expect("K"))).collect();
         Ok(Run {
             id,
             path: path.to_path_buf(),
@@ -336,14 +351,38 @@ impl<const K: usize> Run<K> {
     /// Index of the first entry whose key is ≥ `key`.
     fn lower_bound(&self, key: &[u8; K]) -> usize {
         // The last fence ≤ key bounds the block to search.
-        let block = self.fences.partition_point(|f| f < key).saturating_sub(1);
+        let key = ordinal(key);
+        let next = self.fences.partition_point(|&f| f < key);
+        let block = next.saturating_sub(1);
         let lo = block * BLOCK;
         let hi = ((block + 2) * BLOCK).min(self.count);
         let mut a = lo;
         let mut b = hi;
+        // Keys (hash prefixes, Hilbert keys) spread evenly between two fences: guess the
+        // place from where the key falls between them and walk a few entries from there (one
+        // or two cache lines), instead of a binary search's eight scattered reads.
+        if next > 0 && next < self.fences.len() {
+            let (f0, f1) = (self.fences[block], self.fences[next]);
+            if f0 < key && key <= f1 {
+                let span = ((key - f0) as f64 / (f1 - f0) as f64 * BLOCK as f64) as usize;
+                let mut i = (lo + span).clamp(lo + 1, lo + BLOCK);
+                for _ in 0..INTERPOLATION_STEPS {
+                    if ordinal(self.entry(i - 1).0) >= key {
+                        i -= 1; // the answer is at or before i - 1
+                    } else if i < self.count && ordinal(self.entry(i).0) < key {
+                        i += 1;
+                    } else {
+                        return i; // entry(i - 1) < key ≤ entry(i)
+                    }
+                }
+                // Far from the guess (keys bunched up): search the block.
+                a = lo + 1;
+                b = lo + BLOCK;
+            }
+        }
         while a < b {
             let mid = (a + b) / 2;
-            if self.entry(mid).0 < key {
+            if ordinal(self.entry(mid).0) < key {
                 a = mid + 1;
             } else {
                 b = mid;
@@ -388,7 +427,8 @@ impl<const K: usize> Run<K> {
         }
         let mut lo = [0u8; K];
         lo[..prefix.len()].copy_from_slice(prefix);
-        let mut block = self.fences.partition_point(|f| f < &lo).saturating_sub(1);
+        let lo = ordinal(&lo);
+        let mut block = self.fences.partition_point(|&f| f < lo).saturating_sub(1);
         let mut buf = [0u8; BLOCK * 32];
         debug_assert!(Self::ENTRY <= 32);
         while block * BLOCK < self.count {
@@ -425,7 +465,7 @@ impl<const K: usize> Run<K> {
 
     /// Bytes the fences take in memory (the bloom stays in the mapped file).
     pub fn memory(&self) -> usize {
-        self.fences.len() * K
+        self.fences.len() * std::mem::size_of::<u128>()
     }
 }
 
@@ -687,5 +727,28 @@ mod tests {
         assert!(out.is_empty());
         let reopened: Runs<8> = Runs::open(dir.path(), "t", &runs.ids()).unwrap();
         assert_eq!(reopened.entries(), runs.entries());
+    }
+
+    /// The interpolated search agrees with a binary search over the sorted entries, for keys
+    /// present and absent, on uneven data: even stretches, tight clusters, long runs of one
+    /// key, a huge gap.
+    #[test]
+    fn lower_bound_matches_a_plain_binary_search() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keys: Vec<u64> = (0..3000u64).map(|i| i * 1_000_003).collect();
+        keys.extend((0..2000u64).map(|i| 5_000_000_000 + (i * i) % 977));
+        keys.extend(std::iter::repeat_n(7_000_000_000u64, 700));
+        keys.extend((0..1500u64).map(|i| u64::MAX / 2 + (i << 40)));
+        keys.sort_unstable();
+        let entries: Vec<([u8; 8], u64)> = keys.iter().enumerate().map(|(i, &k)| (k.to_be_bytes(), i as u64)).collect();
+        let run = Run::<8>::write(dir.path(), 1, "t", entries.len(), entries.iter().copied()).unwrap();
+        let mut probes: Vec<u64> = keys.iter().step_by(3).copied().collect();
+        probes.extend(keys.iter().step_by(5).map(|k| k.wrapping_add(1)));
+        probes.extend(keys.iter().step_by(7).map(|k| k.wrapping_sub(1)));
+        probes.extend([0, 1, u64::MAX, 7_000_000_000, 6_999_999_999]);
+        for p in probes {
+            let want = keys.partition_point(|&k| k < p);
+            assert_eq!(run.lower_bound(&p.to_be_bytes()), want, "key {p}");
+        }
     }
 }

@@ -292,6 +292,15 @@ struct Inner {
     hot: HotCache,
 }
 
+/// What a caller already knows of the atom at an offset, so that [`Inner::record`] does not
+/// derive it again: its hash, or its hash, position and key.
+#[derive(Clone, Copy)]
+enum Known<'a> {
+    Nothing,
+    Hash(&'a Hash),
+    Identity(&'a Hash, &'a Position, &'a HilbertKey),
+}
+
 enum Probe {
     Found(u64),
     Collision(u64),
@@ -569,6 +578,34 @@ impl Inner {
         }
     }
 
+    /// Hashes of the atoms at `offs`, in order: composites' from their records, leaves' derived
+    /// from their values sixteen at a time ([`hart_core::many`]), not one after another.
+    fn hashes_of(&self, offs: impl Iterator<Item = u64>) -> Result<Vec<Hash>, StoreError> {
+        let mut out = Vec::new();
+        let mut leaves = hart_core::many::Messages::new();
+        let mut leaf_slots = Vec::new();
+        for o in offs {
+            match self.rec(o)?.0 {
+                Rec::Leaf { modality, value } => {
+                    let m = Modality::from_u8(modality).map_err(|e| corrupt(&self.dir, o, e.to_string()))?;
+                    leaves.extend(&[hart_core::TAG_LEAF, m.as_u8()]);
+                    leaves.extend(value);
+                    leaves.end();
+                    leaf_slots.push(out.len());
+                    out.push(Hash::default());
+                }
+                Rec::Node { hash, .. } => out.push(hash),
+                _ => return Err(corrupt(&self.dir, o, "offset does not hold an atom")),
+            }
+        }
+        let mut hashes = Vec::with_capacity(leaf_slots.len());
+        leaves.hash_all(&mut hashes);
+        for (i, h) in leaf_slots.into_iter().zip(hashes) {
+            out[i] = h;
+        }
+        Ok(out)
+    }
+
     /// Log offset of the live atom with this hash. The writer's ingest path reads runs with
     /// positioned reads behind its global bloom, which keeps its memory flat; queries read
     /// them through the mapping with each run's own bloom, which is faster.
@@ -638,7 +675,8 @@ impl Inner {
     }
 
     /// Log offset and hash of the live atom with this Hilbert key.
-    fn find_key(&self, key: &HilbertKey) -> Result<Option<(u64, Option<Hash>)>, StoreError> {
+    /// With the atom's hash and position when the lookup had to derive them.
+    fn find_key(&self, key: &HilbertKey) -> Result<Option<(u64, Option<(Hash, Position)>)>, StoreError> {
         if let Some(&o) = self.d.kmem.get(key) {
             if !self.d.state.is_dead(o) {
                 return Ok(Some((o, None)));
@@ -652,7 +690,7 @@ impl Inner {
             }
             let (m, h, p, _) = self.identity(o)?;
             if HilbertKey::new(m, &p) == *key {
-                return Ok(Some((o, Some(h))));
+                return Ok(Some((o, Some((h, p)))));
             }
         }
         Ok(None)
@@ -688,22 +726,27 @@ impl Inner {
 
     /// The record of the atom at `off`; `known` is its hash when the caller has it already
     /// (a leaf's hash is then not derived again).
-    fn record(&self, off: u64, known: Option<&Hash>) -> Result<AtomRecord, StoreError> {
+    fn record(&self, off: u64, known: Known<'_>) -> Result<AtomRecord, StoreError> {
         let bad = |e: hart_core::UnknownModality| corrupt(&self.dir, off, e.to_string());
         let (modality, hash, position, kind, value, children) = match self.rec(off)?.0 {
             Rec::Leaf { modality, value } => {
                 let m = Modality::from_u8(modality).map_err(bad)?;
                 let (h, p) = match known {
-                    Some(h) => (*h, hart_core::features::leaf_position(m, value, h)),
-                    None => leaf_identity(m, value),
+                    Known::Identity(h, p, _) => (*h, *p),
+                    Known::Hash(h) => (*h, hart_core::features::leaf_position(m, value, h)),
+                    Known::Nothing => leaf_identity(m, value),
                 };
                 (m, h, p, AtomKind::Leaf, Some(value.to_vec()), Vec::new())
             }
             Rec::Node { modality, hash, pos, children } => {
-                let kids = children.map(|c| self.hash_at(c)).collect::<Result<Vec<_>, _>>()?;
+                let kids = self.hashes_of(children)?;
                 (Modality::from_u8(modality).map_err(bad)?, hash, pos, AtomKind::Node, None, kids)
             }
             _ => return Err(corrupt(&self.dir, off, "offset does not hold an atom")),
+        };
+        let key = match known {
+            Known::Identity(_, _, k) => *k,
+            _ => HilbertKey::new(modality, &position),
         };
         Ok(AtomRecord {
             hash,
@@ -712,7 +755,7 @@ impl Inner {
             value,
             children,
             position,
-            key: HilbertKey::new(modality, &position),
+            key,
             ref_count: u64::from(self.d.state.refcount(off)),
         })
     }
@@ -1342,7 +1385,7 @@ impl Store for EmbeddedStore {
     fn get(&self, hash: &Hash) -> Result<Option<AtomRecord>, StoreError> {
         let inner = self.inner.read().expect("lock");
         match inner.find_hash_mapped(hash)? {
-            Some(o) => Ok(Some(inner.record(o, Some(hash))?)),
+            Some(o) => Ok(Some(inner.record(o, Known::Hash(hash))?)),
             None => Ok(None),
         }
     }
@@ -1350,7 +1393,8 @@ impl Store for EmbeddedStore {
     fn get_by_key(&self, key: &HilbertKey) -> Result<Option<AtomRecord>, StoreError> {
         let inner = self.inner.read().expect("lock");
         match inner.find_key(key)? {
-            Some((o, h)) => Ok(Some(inner.record(o, h.as_ref())?)),
+            Some((o, Some((h, p)))) => Ok(Some(inner.record(o, Known::Identity(&h, &p, key))?)),
+            Some((o, None)) => Ok(Some(inner.record(o, Known::Nothing)?)),
             None => Ok(None),
         }
     }
@@ -1646,7 +1690,7 @@ fn fsck(inner: &Inner, progress: &dyn Fn(u64, u64)) -> Result<FsckReport, StoreE
         let (m, hash, pos, kind) = inner.identity(off)?;
         if kind == AtomKind::Node {
             if let Rec::Node { children, .. } = inner.rec(off)?.0 {
-                let kids = children.map(|c| inner.hash_at(c)).collect::<Result<Vec<_>, _>>()?;
+                let kids = inner.hashes_of(children)?;
                 let again = hart_core::atom::node_hash(m, &kids);
                 if again != hash {
                     problem(&mut r, format!("composite at {off}: stored hash {hash} but children hash to {again}"));
