@@ -292,6 +292,10 @@ struct Inner {
     hot: HotCache,
 }
 
+/// An atom found by its Hilbert key: its offset, and its hash and position when the lookup
+/// derived them (to verify the key).
+type KeyHit = (u64, Option<(Hash, Position)>);
+
 /// What a caller already knows of the atom at an offset, so that [`Inner::record`] does not
 /// derive it again: its hash, or its hash, position and key.
 #[derive(Clone, Copy)]
@@ -676,7 +680,7 @@ impl Inner {
 
     /// Log offset and hash of the live atom with this Hilbert key.
     /// With the atom's hash and position when the lookup had to derive them.
-    fn find_key(&self, key: &HilbertKey) -> Result<Option<(u64, Option<(Hash, Position)>)>, StoreError> {
+    fn find_key(&self, key: &HilbertKey) -> Result<Option<KeyHit>, StoreError> {
         if let Some(&o) = self.d.kmem.get(key) {
             if !self.d.state.is_dead(o) {
                 return Ok(Some((o, None)));
