@@ -224,13 +224,13 @@ pub fn point_lookups(
                             let (x, y, z) = keys[i % keys.len()];
                             i += 1;
                             let part = parts
-                                .of(x as u64)
+                                .index_of(x as u64)
                                 .ok_or_else(|| StoreError::Invalid(format!("no partition for h_xy {x}")))?;
                             let stmt = match stmts.get(&part) {
                                 Some(s) => s,
                                 None => {
                                     let s = c
-                                        .prepare(&POINT_LOOKUP.replace("{}", &part))
+                                        .prepare(&POINT_LOOKUP.replace("{}", parts.name(part)))
                                         .await
                                         .map_err(pg("preparing the point lookup"))?;
                                     stmts.entry(part).or_insert(s)
