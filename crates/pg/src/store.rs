@@ -336,9 +336,9 @@ async fn record(c: &Object, parts: &Partitions, row: &Row) -> DbResult<AtomRecor
     if !kid_pos.is_empty() {
         let keys: Vec<HilbertKey> = kid_pos.iter().map(|p| HilbertKey::new(modality, p)).collect();
         let found = rows_at(&[c], parts, &keys, "a.content_hash").await?;
-        for i in 0..keys.len() {
+        for (i, key) in keys.iter().enumerate() {
             let r = found.row(i).ok_or_else(|| {
-                StoreError::Backend(format!("atom {hash}: child {i} at key {} is missing; run fsck", keys[i]))
+                StoreError::Backend(format!("atom {hash}: child {i} at key {key} is missing; run fsck"))
             })?;
             children.push(hash_of(r.get(FOUND_COLS))?);
         }
