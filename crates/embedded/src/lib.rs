@@ -105,10 +105,10 @@ struct Slot {
 }
 
 const LEAF_SLOTS: usize = 1 << 15;
+const NODE_SLOTS: usize = 1 << 12;
 /// How many atoms ahead of the one being put [`Inner::prefetch`] works: far enough for the
 /// loads to arrive, near enough that they are still in cache when used.
 const PREFETCH_AHEAD: usize = 4;
-const NODE_SLOTS: usize = 1 << 12;
 const EMPTY: Slot = Slot { hash: Hash([0xff; 32]), off: u64::MAX, stamp: 0, pending: 0 };
 const FRESH: u32 = 1 << 31;
 
@@ -678,8 +678,8 @@ impl Inner {
         Ok(Probe::New)
     }
 
-    /// Log offset and hash of the live atom with this Hilbert key.
-    /// With the atom's hash and position when the lookup had to derive them.
+    /// Log offset of the live atom with this Hilbert key, with its hash and position when the
+    /// lookup derived them to verify the key (atoms found in the memtable are not verified).
     fn find_key(&self, key: &HilbertKey) -> Result<Option<KeyHit>, StoreError> {
         if let Some(&o) = self.d.kmem.get(key) {
             if !self.d.state.is_dead(o) {
@@ -728,8 +728,8 @@ impl Inner {
         Ok(found)
     }
 
-    /// The record of the atom at `off`; `known` is its hash when the caller has it already
-    /// (a leaf's hash is then not derived again).
+    /// The record of the atom at `off`; `known` is what the caller derived of it already (a
+    /// leaf's hash and position are then not derived again).
     fn record(&self, off: u64, known: Known<'_>) -> Result<AtomRecord, StoreError> {
         let bad = |e: hart_core::UnknownModality| corrupt(&self.dir, off, e.to_string());
         let (modality, hash, position, kind, value, children) = match self.rec(off)?.0 {
