@@ -1462,9 +1462,11 @@ pub fn ingest_files_round_trip<S: Into<Subject>>(factory: &dyn Fn() -> S) {
     let (list, errors) = collect_files(std::slice::from_ref(&root));
     assert!(errors.is_empty(), "[{ctx}] {errors:?}");
     assert_eq!(list.len(), files.len(), "[{ctx}] files found");
-    let run = |store: &dyn Store| -> Vec<(std::path::PathBuf, ObjectInfo)> {
+    // `sessions`: 1 stores the files one after another (which file creates a shared atom is
+    // then fixed); 0 lets the backend store several at once (Store::parallel_sessions).
+    let run = |store: &dyn Store, sessions: usize| -> Vec<(std::path::PathBuf, ObjectInfo)> {
         let mut out = Vec::new();
-        let opts = IngestOptions { modality: None, workers: 2 };
+        let opts = IngestOptions { modality: None, workers: 2, sessions };
         ingest_files(store, &list, &opts, &Progress::default(), &mut |o| match o {
             Outcome::Stored { path, info } => out.push((path, info)),
             Outcome::Failed { path, error } => panic!("[{ctx}] {} failed: {error}", path.display()),
@@ -1472,7 +1474,7 @@ pub fn ingest_files_round_trip<S: Into<Subject>>(factory: &dyn Fn() -> S) {
         .unwrap_or_else(|e| panic!("[{ctx}] ingest_files: {e}"));
         out
     };
-    let first = run(s.store());
+    let first = run(s.store(), 1);
     assert_eq!(first.len(), files.len(), "[{ctx}] one outcome per file");
     for (path, info) in &first {
         let data = std::fs::read(path).expect("read");
@@ -1484,8 +1486,27 @@ pub fn ingest_files_round_trip<S: Into<Subject>>(factory: &dyn Fn() -> S) {
     assert_eq!(b.1.atoms_created, 0, "[{ctx}] a duplicate file adds no atom");
     s.step(ctx);
     let atoms = stats(s.store(), ctx).atoms;
-    let second = run(s.store());
+    let second = run(s.store(), 0);
     assert!(second.iter().all(|(_, i)| i.status == Status::Unchanged), "[{ctx}] re-ingest: {second:?}");
     assert_eq!(stats(s.store(), ctx).atoms, atoms, "[{ctx}] re-ingest added atoms");
     s.step(ctx);
+
+    // The same files into a fresh store, as many at once as the backend takes: outcomes come
+    // in the order given, objects are numbered in that order, every object reads back, and
+    // the store holds exactly the atoms of the one-at-a-time store.
+    let ctx = "ingest_files_round_trip (parallel sessions)";
+    let mut p = subject(factory, ctx);
+    let third = run(p.store(), 0);
+    let paths = |v: &[(std::path::PathBuf, ObjectInfo)]| v.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+    assert_eq!(paths(&third), paths(&first), "[{ctx}] outcomes in the order given");
+    let ids: Vec<u64> = third.iter().map(|(_, i)| i.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "[{ctx}] objects numbered in the order given: {ids:?}");
+    for (path, info) in &third {
+        assert_eq!(info.status, Status::Completed, "[{ctx}] {}", path.display());
+        assert_cats(p.store(), info, &std::fs::read(path).expect("read"), ctx);
+    }
+    let created: u64 = third.iter().map(|(_, i)| i.atoms_created).sum();
+    assert_eq!(stats(p.store(), ctx).atoms, atoms, "[{ctx}] the same atoms as one file at a time");
+    assert_eq!(created, atoms, "[{ctx}] every atom created by exactly one file");
+    p.step(ctx);
 }

@@ -2,7 +2,9 @@
 //!
 //! Decoding and hashing run on worker threads (one file each), the store's writes on the
 //! calling thread, files committed in the order given; channels between them are bounded, so
-//! memory stays bounded whatever the file sizes.
+//! memory stays bounded whatever the file sizes. A backend whose writers work in parallel
+//! ([`Store::parallel_sessions`]) stores that many files at once, each on a session and a
+//! thread of its own; outcomes are still reported in the order given.
 
 use crate::{Batch, ObjectInfo, ObjectSummary, SourceInfo, Store, StoreError};
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -37,6 +39,10 @@ pub struct IngestOptions {
     pub modality: Option<Modality>,
     /// Decoder threads (0: one per core).
     pub workers: usize,
+    /// Files stored at once, each on its own session (0: what the store says it takes,
+    /// [`Store::parallel_sessions`]). With more than one, which of two files sharing atoms
+    /// creates them depends on timing; the store's contents do not.
+    pub sessions: usize,
 }
 
 /// Counters the caller may watch from another thread (for progress bars).
@@ -154,8 +160,13 @@ pub fn ingest_files(
         n => n,
     }
     .clamp(1, files.len().max(1));
+    let writers = match opts.sessions {
+        0 => store.parallel_sessions(),
+        n => n,
+    }
+    .clamp(1, files.len().max(1));
     let (job_tx, job_rx) = bounded::<(PathBuf, Sender<Msg>)>(workers);
-    let (order_tx, order_rx) = bounded::<(PathBuf, Receiver<Msg>)>(workers + 1);
+    let (order_tx, order_rx) = bounded::<(PathBuf, Receiver<Msg>)>(workers + writers);
     let result = std::thread::scope(|s| {
         for _ in 0..workers {
             let job_rx = job_rx.clone();
@@ -175,28 +186,17 @@ pub fn ingest_files(
                 }
             }
         });
+        if writers > 1 {
+            return store_in_parallel(s, store, writers, order_rx, progress, on_outcome);
+        }
         let mut fatal = None;
         for (path, rx) in order_rx.iter() {
             if fatal.is_some() {
                 continue; // drain so workers can finish
             }
-            match store_file(store, &rx) {
-                Ok(info) => on_outcome(Outcome::Stored { path, info }),
-                Err(FileError::Input(error)) => on_outcome(Outcome::Failed { path, error }),
-                Err(FileError::Store(e)) => {
-                    let fatal_kind = matches!(
-                        e,
-                        StoreError::DiskFull { .. }
-                            | StoreError::ReadOnly { .. }
-                            | StoreError::Poisoned(_)
-                            | StoreError::Io { .. }
-                    );
-                    if fatal_kind {
-                        fatal = Some(e);
-                    } else {
-                        on_outcome(Outcome::Failed { path, error: e.to_string() });
-                    }
-                }
+            let r = store_file(store, &rx);
+            if let Some(e) = report(path, r, on_outcome) {
+                fatal = Some(e);
             }
             progress.files_done.fetch_add(1, Ordering::Relaxed);
             drop(rx);
@@ -209,18 +209,113 @@ pub fn ingest_files(
     }
 }
 
+/// Pass one file's result to `on_outcome`, or return the store error that stops the run.
+fn report(path: PathBuf, r: Result<ObjectInfo, FileError>, on_outcome: &mut dyn FnMut(Outcome)) -> Option<StoreError> {
+    match r {
+        Ok(info) => on_outcome(Outcome::Stored { path, info }),
+        Err(FileError::Input(error)) => on_outcome(Outcome::Failed { path, error }),
+        Err(FileError::Store(e)) => {
+            let fatal_kind = matches!(
+                e,
+                StoreError::DiskFull { .. }
+                    | StoreError::ReadOnly { .. }
+                    | StoreError::Poisoned(_)
+                    | StoreError::Io { .. }
+            );
+            if fatal_kind {
+                return Some(e);
+            }
+            on_outcome(Outcome::Failed { path, error: e.to_string() });
+        }
+    }
+    None
+}
+
+/// The store side of [`ingest_files`] for a backend that takes `writers` sessions at once:
+/// that many threads each take the next file, begin its session (in the order given, so
+/// objects are numbered in that order) and store it; the calling thread reports outcomes in
+/// the order given. After a fatal store error no file is begun.
+fn store_in_parallel<'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    store: &'scope dyn Store,
+    writers: usize,
+    order_rx: Receiver<(PathBuf, Receiver<Msg>)>,
+    progress: &'scope Progress,
+    on_outcome: &mut dyn FnMut(Outcome),
+) -> Option<StoreError> {
+    // The next file and its number, taken and begun under one lock.
+    let turn = std::sync::Arc::new(std::sync::Mutex::new((order_rx, 0usize)));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    type Done = (usize, PathBuf, Option<Result<ObjectInfo, FileError>>);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
+    for _ in 0..writers {
+        let (turn, stop, done_tx) = (turn.clone(), stop.clone(), done_tx.clone());
+        s.spawn(move || loop {
+            let (i, path, rx, begun) = {
+                let mut t = turn.lock().unwrap_or_else(|p| p.into_inner());
+                let Ok((path, rx)) = t.0.recv() else { break };
+                let i = t.1;
+                t.1 += 1;
+                if stop.load(Ordering::Relaxed) {
+                    drop(t);
+                    drop(rx); // its decoder stops
+                    let _ = done_tx.send((i, path, None));
+                    continue;
+                }
+                let begun = begin_file(store, &rx);
+                (i, path, rx, begun)
+            };
+            let r = begun.and_then(|session| finish_file(session, &rx));
+            progress.files_done.fetch_add(1, Ordering::Relaxed);
+            drop(rx);
+            if done_tx.send((i, path, Some(r))).is_err() {
+                break;
+            }
+        });
+    }
+    drop(done_tx);
+    let mut waiting: std::collections::BTreeMap<usize, (PathBuf, Option<Result<ObjectInfo, FileError>>)> =
+        Default::default();
+    let mut next = 0;
+    let mut fatal = None;
+    for (i, path, r) in done_rx {
+        waiting.insert(i, (path, r));
+        while let Some((path, r)) = waiting.remove(&next) {
+            next += 1;
+            let Some(r) = r else { continue };
+            if fatal.is_some() {
+                continue;
+            }
+            if let Some(e) = report(path, r, on_outcome) {
+                stop.store(true, Ordering::Relaxed);
+                fatal = Some(e);
+            }
+        }
+    }
+    fatal
+}
+
 enum FileError {
     Input(String),
     Store(StoreError),
 }
 
 fn store_file(store: &dyn Store, rx: &Receiver<Msg>) -> Result<ObjectInfo, FileError> {
+    finish_file(begin_file(store, rx)?, rx)
+}
+
+/// Wait for the decoder's first message and begin the file's session.
+fn begin_file<'a>(store: &'a dyn Store, rx: &Receiver<Msg>) -> Result<Box<dyn crate::Session + 'a>, FileError> {
     let source = match rx.recv() {
         Ok(Msg::Begin(s)) => s,
         Ok(Msg::Error(e)) => return Err(FileError::Input(e)),
         _ => return Err(FileError::Input("decoder stopped unexpectedly".into())),
     };
-    let mut session = store.begin(source).map_err(FileError::Store)?;
+    store.begin(source).map_err(FileError::Store)
+}
+
+/// Put the file's batches through `session` and commit it (or abort it on an error).
+fn finish_file(mut session: Box<dyn crate::Session + '_>, rx: &Receiver<Msg>) -> Result<ObjectInfo, FileError> {
     loop {
         match rx.recv() {
             Ok(Msg::Batch(b)) => {

@@ -23,6 +23,12 @@ pub trait Store: Send + Sync {
     /// Short name of the backend, for `stats` and logs.
     fn backend(&self) -> &'static str;
 
+    /// How many sessions may usefully put batches at the same time: [`crate::ingest::ingest_files`]
+    /// stores that many files at once. One for an engine with a single writer.
+    fn parallel_sessions(&self) -> usize {
+        1
+    }
+
     /// Start ingesting one object. Atoms put through the session are deduplicated against the
     /// whole store; the object becomes visible (and its root referenced) on [`Session::commit`].
     fn begin(&self, source: SourceInfo) -> Result<Box<dyn Session + '_>, StoreError>;

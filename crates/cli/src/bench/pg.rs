@@ -102,6 +102,36 @@ pub(super) fn load(ctx: &mut Ctx) -> Result<Report> {
         raw.as_secs_f64()
     ));
     r.note("raw COPY: the same rows straight into `atoms` (all indexes and the validation trigger), no dedup, no reference counting");
+
+    // The same bytes as four files: `ingest` stores them on parallel sessions, one server
+    // backend each (PgStore::parallel_sessions).
+    let path = ctx.file(Data::Binary)?;
+    let data = std::fs::read(&path)?;
+    let parts: Vec<PathBuf> = (0..4).map(|i| ctx.dir.join(format!("binary-part-{i}.bin"))).collect();
+    let quarter = data.len().div_ceil(4);
+    for (p, chunk) in parts.iter().zip(data.chunks(quarter)) {
+        std::fs::write(p, chunk)?;
+    }
+    drop(data);
+    let split_db = BenchDb::create(&admin, "split")?;
+    let split_store = PgStore::connect(&split_db.settings)?;
+    let sessions = split_store.parallel_sessions();
+    ctx.say(format!("ingesting the same bytes as 4 files, {sessions} sessions at once"));
+    let (infos, split_took) = ingest_paths(&split_store, &parts)?;
+    let split_atoms: u64 = infos.iter().map(|i| i.atoms_created).sum();
+    drop(split_store);
+    drop(split_db);
+    for p in &parts {
+        let _ = std::fs::remove_file(p);
+    }
+    r.row(
+        format!("bulk load, ingest the same {mib} MiB as 4 files, {sessions} sessions"),
+        split_atoms as f64 / split_took.as_secs_f64(),
+        "atoms/s",
+    )
+    .vs("raw binary COPY of the one file's rows", Some(rows as f64 / raw.as_secs_f64()))
+    .target(Target::AtLeast(50_000.0));
+    r.note(format!("4 files: {split_atoms} atoms in {:.1} s", split_took.as_secs_f64()));
     Ok(r)
 }
 
