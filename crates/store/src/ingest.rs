@@ -214,27 +214,26 @@ fn report(path: PathBuf, r: Result<ObjectInfo, FileError>, on_outcome: &mut dyn 
     match r {
         Ok(info) => on_outcome(Outcome::Stored { path, info }),
         Err(FileError::Input(error)) => on_outcome(Outcome::Failed { path, error }),
-        Err(FileError::Store(e)) => {
-            let fatal_kind = matches!(
-                e,
-                StoreError::DiskFull { .. }
-                    | StoreError::ReadOnly { .. }
-                    | StoreError::Poisoned(_)
-                    | StoreError::Io { .. }
-            );
-            if fatal_kind {
-                return Some(e);
-            }
-            on_outcome(Outcome::Failed { path, error: e.to_string() });
-        }
+        Err(FileError::Store(e)) if is_fatal(&e) => return Some(e),
+        Err(FileError::Store(e)) => on_outcome(Outcome::Failed { path, error: e.to_string() }),
     }
     None
+}
+
+/// A store error that makes further writes impossible (full disk, poisoned store): the run
+/// stops rather than fail every remaining file the same way.
+fn is_fatal(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::DiskFull { .. } | StoreError::ReadOnly { .. } | StoreError::Poisoned(_) | StoreError::Io { .. }
+    )
 }
 
 /// The store side of [`ingest_files`] for a backend that takes `writers` sessions at once:
 /// that many threads each take the next file, begin its session (in the order given, so
 /// objects are numbered in that order) and store it; the calling thread reports outcomes in
-/// the order given. After a fatal store error no file is begun.
+/// the order given. After a fatal store error no file is begun; files already in flight end
+/// as they may, and are reported (a later fatal error as a failed file).
 fn store_in_parallel<'scope>(
     s: &'scope std::thread::Scope<'scope, '_>,
     store: &'scope dyn Store,
@@ -266,6 +265,9 @@ fn store_in_parallel<'scope>(
                 (i, path, rx, begun)
             };
             let r = begun.and_then(|session| finish_file(session, &rx));
+            if matches!(&r, Err(FileError::Store(e)) if is_fatal(e)) {
+                stop.store(true, Ordering::Relaxed);
+            }
             progress.files_done.fetch_add(1, Ordering::Relaxed);
             drop(rx);
             if done_tx.send((i, path, Some(r))).is_err() {
@@ -283,12 +285,11 @@ fn store_in_parallel<'scope>(
         while let Some((path, r)) = waiting.remove(&next) {
             next += 1;
             let Some(r) = r else { continue };
-            if fatal.is_some() {
-                continue;
-            }
-            if let Some(e) = report(path, r, on_outcome) {
-                stop.store(true, Ordering::Relaxed);
-                fatal = Some(e);
+            if let Some(e) = report(path.clone(), r, on_outcome) {
+                match fatal {
+                    None => fatal = Some(e),
+                    Some(_) => on_outcome(Outcome::Failed { path, error: e.to_string() }),
+                }
             }
         }
     }
