@@ -1491,6 +1491,31 @@ pub fn ingest_files_round_trip<S: Into<Subject>>(factory: &dyn Fn() -> S) {
     assert_eq!(stats(s.store(), ctx).atoms, atoms, "[{ctx}] re-ingest added atoms");
     s.step(ctx);
 
+    // Files the size of stored objects: a copy is recognised by its bytes (no atom written),
+    // a same-size file with one byte changed is not.
+    let copy = dir.path().join("copy-of-data.bin");
+    std::fs::copy(root.join("sub/data.bin"), &copy).expect("copy");
+    let mut edited = std::fs::read(root.join("a.txt")).expect("read");
+    let mid = edited.len() / 2;
+    edited[mid] = if edited[mid] == b'x' { b'y' } else { b'x' };
+    let edited_path = dir.path().join("edited.txt");
+    std::fs::write(&edited_path, &edited).expect("write");
+    let (more, errors) = collect_files(&[copy.clone(), edited_path.clone()]);
+    assert!(errors.is_empty(), "[{ctx}] {errors:?}");
+    let mut got = Vec::new();
+    let opts = IngestOptions { modality: None, workers: 2, sessions: 0 };
+    ingest_files(s.store(), &more, &opts, &Progress::default(), &mut |o| match o {
+        Outcome::Stored { path, info } => got.push((path, info)),
+        Outcome::Failed { path, error } => panic!("[{ctx}] {} failed: {error}", path.display()),
+    })
+    .unwrap_or_else(|e| panic!("[{ctx}] ingest_files: {e}"));
+    let (copied, changed) = (&got[0].1, &got[1].1);
+    assert_eq!((copied.status, copied.atoms_created), (Status::Completed, 0), "[{ctx}] a copy: {copied:?}");
+    assert!(changed.atoms_created > 0, "[{ctx}] a same-size edited file: {changed:?}");
+    assert_cats(s.store(), copied, &std::fs::read(&copy).expect("read"), ctx);
+    assert_cats(s.store(), changed, &edited, ctx);
+    s.step(ctx);
+
     // The same files into a fresh store, as many at once as the backend takes: outcomes come
     // in the order given, objects are numbered in that order, every object reads back, and
     // the store holds exactly the atoms of the one-at-a-time store.

@@ -165,6 +165,8 @@ pub fn ingest_files(
         n => n,
     }
     .clamp(1, files.len().max(1));
+    let known = KnownObjects::of(store)?;
+    let known = &known;
     let (job_tx, job_rx) = bounded::<(PathBuf, Sender<Msg>)>(workers);
     let (order_tx, order_rx) = bounded::<(PathBuf, Receiver<Msg>)>(workers + writers);
     let result = std::thread::scope(|s| {
@@ -173,7 +175,7 @@ pub fn ingest_files(
             let modality = opts.modality;
             s.spawn(move || {
                 for (path, tx) in job_rx {
-                    decode_file(&path, modality, progress, &tx);
+                    decode_file(&path, modality, known, progress, &tx);
                 }
             });
         }
@@ -346,7 +348,53 @@ const PIPELINE_MIN: u64 = 8 << 20;
 /// (measured: 65,536 costs 10-15 % more CPU than 16,384; 8,192 about 3 % less).
 const CHUNK_KIDS: usize = 8_192;
 
-fn decode_file(path: &Path, forced: Option<Modality>, progress: &Progress, tx: &Sender<Msg>) {
+/// The objects stored before an [`ingest_files`] run, by size: a file whose size matches one
+/// is hashed first, and if its bytes and modality are an object's already, that object's root
+/// is committed without decoding the file again (re-ingesting an unchanged tree, or a copy,
+/// costs a read and a hash per file instead of the whole pipeline).
+struct KnownObjects {
+    by_size: FxHashMap<u64, Vec<KnownObject>>,
+}
+
+struct KnownObject {
+    source_hash: Hash,
+    modality: Modality,
+    root: Hash,
+    /// Atom occurrences of the object (what its summary said at commit).
+    occurrences: u64,
+}
+
+impl KnownObjects {
+    fn of(store: &dyn Store) -> Result<Self, StoreError> {
+        let mut by_size: FxHashMap<u64, Vec<KnownObject>> = FxHashMap::default();
+        for o in store.objects()? {
+            let live = matches!(o.status, crate::Status::Completed | crate::Status::Unchanged);
+            if let (true, Some(root), Some(source_hash)) = (live, o.root, o.source_hash) {
+                by_size.entry(o.size).or_default().push(KnownObject {
+                    source_hash,
+                    modality: o.modality,
+                    root,
+                    occurrences: o.atoms_created + o.atoms_skipped,
+                });
+            }
+        }
+        Ok(KnownObjects { by_size })
+    }
+
+    /// The stored object with these bytes (read from `file`, `size` of them) and modality.
+    fn find(&self, file: &mut std::fs::File, size: u64, modality: Modality) -> std::io::Result<Option<&KnownObject>> {
+        let Some(same_size) = self.by_size.get(&size) else { return Ok(None) };
+        if !same_size.iter().any(|k| k.modality == modality) {
+            return Ok(None);
+        }
+        let mut h = blake3::Hasher::new();
+        let n = std::io::copy(&mut std::io::Read::take(&mut *file, size), &mut h)?;
+        let hash = Hash(*h.finalize().as_bytes());
+        Ok(same_size.iter().find(|k| n == size && k.source_hash == hash && k.modality == modality))
+    }
+}
+
+fn decode_file(path: &Path, forced: Option<Modality>, known: &KnownObjects, progress: &Progress, tx: &Sender<Msg>) {
     let fail = |what: &str, e: std::io::Error| {
         let _ = tx.send(Msg::Error(format!("{what} {}: {e}", path.display())));
     };
@@ -363,6 +411,26 @@ fn decode_file(path: &Path, forced: Option<Modality>, progress: &Progress, tx: &
     };
     let size = file.metadata().ok().map(|m| m.len());
     let uri = file_uri(path);
+    let mut file = file;
+    if let Some(n) = size {
+        match known.find(&mut file, n, modality) {
+            Ok(Some(k)) => {
+                // The same bytes as a stored object: commit its root (the store checks it
+                // is still there) instead of decoding them again.
+                if tx.send(Msg::Begin(SourceInfo { uri, modality, size })).is_ok() {
+                    progress.bytes_done.fetch_add(n, Ordering::Relaxed);
+                    let summary = ObjectSummary { source_hash: k.source_hash, size: n, occurrences: k.occurrences };
+                    let _ = tx.send(Msg::End { root: k.root, summary });
+                }
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => return fail("cannot read", e),
+        }
+        if let Err(e) = std::io::Seek::rewind(&mut file) {
+            return fail("cannot read", e);
+        }
+    }
     // Read what the file held when it was opened: a file that grows meanwhile (a log being
     // written) is stored as it was then.
     let mut file = std::io::Read::take(file, size.unwrap_or(u64::MAX));
