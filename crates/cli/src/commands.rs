@@ -171,29 +171,28 @@ fn ingest(cli: &Cli, paths: &[PathBuf], modality: Option<hart_core::Modality>, w
     for (p, e) in &failed {
         pb.suspend(|| eprintln!("skipped  {}: {e}", p.display()));
     }
+    let opts = IngestOptions { modality, workers, ..IngestOptions::default() };
     let result = output::ticking(&pb, &progress.bytes_done, || {
-        ingest_files(store.as_ref(), &files, &IngestOptions { modality, workers, sessions: 0 }, &progress, &mut |o| {
-            match o {
-                Outcome::Stored { path, info } => {
-                    if !cli.json {
-                        let line = format!(
-                            "{:<9} {}  {:>10}  {:<6}  {:>7} new {:>7} shared  {}",
-                            status_name(info.status),
-                            short(&info.root),
-                            size(info.size),
-                            info.modality,
-                            info.atoms_created,
-                            info.atoms_referenced,
-                            path.display()
-                        );
-                        pb.suspend(|| println!("{line}"));
-                    }
-                    stored.push(info);
+        ingest_files(store.as_ref(), &files, &opts, &progress, &mut |o| match o {
+            Outcome::Stored { path, info } => {
+                if !cli.json {
+                    let line = format!(
+                        "{:<9} {}  {:>10}  {:<6}  {:>7} new {:>7} shared  {}",
+                        status_name(info.status),
+                        short(&info.root),
+                        size(info.size),
+                        info.modality,
+                        info.atoms_created,
+                        info.atoms_referenced,
+                        path.display()
+                    );
+                    pb.suspend(|| println!("{line}"));
                 }
-                Outcome::Failed { path, error } => {
-                    pb.suspend(|| eprintln!("failed   {}: {error}", path.display()));
-                    failed.push((path, error));
-                }
+                stored.push(info);
+            }
+            Outcome::Failed { path, error } => {
+                pb.suspend(|| eprintln!("failed   {}: {error}", path.display()));
+                failed.push((path, error));
             }
         })
     });
