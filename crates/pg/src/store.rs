@@ -109,8 +109,9 @@ pub struct PgStore {
     settings: ConnectionSettings,
     /// PostGIS' `geometry` type (its OID differs per database), for binary COPY.
     geometry: std::sync::OnceLock<Type>,
-    /// The partitions of `atoms`, to route point lookups (migration 0010).
-    partitions: Partitions,
+    /// The partitions of `atoms`, to route point lookups (migration 0010); shared with merges
+    /// running on tasks of their own.
+    partitions: std::sync::Arc<Partitions>,
 }
 
 /// The partitions of `atoms`: lower bounds of h_xy, ascending, and names.
@@ -174,7 +175,7 @@ impl PgStore {
             retry: RetryPolicy::default(),
             settings: settings.clone(),
             geometry: std::sync::OnceLock::new(),
-            partitions: Partitions::default(),
+            partitions: Default::default(),
         };
         let latest = crate::migrate::latest_version();
         let version: i32 = store.run("schema version", |c| async move {
@@ -192,7 +193,7 @@ impl PgStore {
             )));
         }
         let partitions = store.run("partition plan", |c| async move { Ok(Partitions::load(&c).await?) })?;
-        Ok(PgStore { partitions, ..store })
+        Ok(PgStore { partitions: std::sync::Arc::new(partitions), ..store })
     }
 
     /// Apply every pending migration, then connect.
@@ -613,8 +614,9 @@ impl Store for PgStore {
         "postgres"
     }
 
-    /// Two: each session merges on a server backend of its own. Measured with two ingests at
-    /// once: 1.43× the atoms per second of one (decision 0011); more would crowd two cores.
+    /// Two: each session merges on server backends of its own (two at once, see
+    /// `PgSession::flush`). Measured with two ingests at once, before a session used two:
+    /// 1.43× the atoms per second of one (decision 0011); more would crowd two cores.
     fn parallel_sessions(&self) -> usize {
         PARALLEL_SESSIONS.min(self.settings.pool.max.max(1))
     }
@@ -646,6 +648,9 @@ impl Store for PgStore {
             uri: source.uri,
             positions: BoundedMap::new(1 << 20),
             pending: Vec::new(),
+            extra: None,
+            asked_extra: false,
+            inflight: Default::default(),
             created: 0,
             referenced: 0,
         }))
@@ -1051,10 +1056,29 @@ struct PgSession<'a> {
     uri: String,
     /// Positions of atoms this session has put or looked up, and whether they existed before it.
     positions: BoundedMap<Hash, Position>,
-    /// Rows put but not merged yet (at most [`MERGE_ROWS`] and a batch).
+    /// Rows put but not merged yet (at most [`MERGE_ROWS`] and a batch, plus rows held back
+    /// until the merge in flight commits).
     pending: Vec<StageRow>,
+    /// A second connection, so that one batch merges while the next is sent (None until
+    /// needed, or when the pool had none to spare).
+    extra: Option<Object>,
+    /// Whether a second connection was asked for already.
+    asked_extra: bool,
+    /// Merges running on the server while the session goes on, oldest first (at most two:
+    /// each holds one of the session's connections).
+    inflight: std::collections::VecDeque<InFlight>,
     created: u64,
     referenced: u64,
+}
+
+/// A merge in flight on one of the session's connections.
+struct InFlight {
+    task: tokio::task::JoinHandle<(Object, Result<(u64, u64), DbError>)>,
+    /// Whether it runs on the session's first connection (which holds the gc lock).
+    primary: bool,
+    /// `h_xy` of every row it stores: a composite naming one of them as a child waits for
+    /// the next merge (its child is not visible before this one commits).
+    keys: rustc_hash::FxHashSet<i64>,
 }
 
 /// One row of `hart_stage`, ready for binary COPY.
@@ -1201,46 +1225,147 @@ impl PgSession<'_> {
     }
 }
 
+/// Merge `rows` on `conn`: one transaction of binary COPY into the staging table and
+/// `hart_merge_stage`, retried on transient errors. Gives the connection back with the result
+/// (created and referenced atoms), so that it can run on its own task.
+async fn merge_rows(
+    conn: Object,
+    geometry: Type,
+    retry: RetryPolicy,
+    parts: std::sync::Arc<Partitions>,
+    start: std::time::SystemTime,
+    rows: Vec<StageRow>,
+) -> (Object, Result<(u64, u64), DbError>) {
+    let r = retry
+        .run("put", |_| async {
+            conn.batch_execute("BEGIN").await?;
+            let r = async {
+                conn.execute("SELECT hart_stage()", &[]).await?;
+                copy_stage(&conn, &geometry, &rows).await?;
+                let row = conn.query_one("SELECT created, referenced FROM hart_merge_stage($1)", &[&start]).await?;
+                conn.batch_execute("COMMIT").await?;
+                Ok::<(i64, i64), DbError>((row.get(0), row.get(1)))
+            }
+            .await;
+            if r.is_err() {
+                let _ = conn.batch_execute("ROLLBACK").await;
+            }
+            r
+        })
+        .await;
+    let r = match r {
+        Err(DbError::Pg(ref pg)) if pg.code().map(|c| c.code()) == Some("HT001") => {
+            Err(collision(&conn, &parts, &rows, &pg.to_string()).await.into())
+        }
+        Err(e) => Err(e),
+        Ok((c, r)) => Ok((c as u64, r as u64)),
+    };
+    (conn, r)
+}
+
 impl PgSession<'_> {
-    /// Merge the buffered rows: one transaction of binary COPY into the staging table and
-    /// `hart_merge_stage`, retried on transient errors.
+    /// Send the buffered rows to be merged, on a connection of their own while the session
+    /// goes on: the server merges one batch while the client prepares the next, and two
+    /// batches merge at once on two server backends (decision 0011, follow-up 2).
+    ///
+    /// A batch must not name a child that only the merge in flight stores (the child is not
+    /// visible before that merge commits): such composites, and composites above them, wait in
+    /// `pending` for the next batch. Children are recognised by `h_xy`; a false match only
+    /// delays a row.
     fn flush(&mut self) -> Result<(), StoreError> {
         if self.pending.is_empty() {
             return Ok(());
         }
+        if self.idle().is_none() {
+            self.join()?;
+        }
         let rows = std::mem::take(&mut self.pending);
-        let store = self.store;
-        let conn = self.conn.as_ref().expect("connection held");
-        let start = self.start;
-        let r = store.rt.block_on(async {
-            let geometry = store.geometry_type(conn).await?;
-            let r = store
-                .retry
-                .run("put", |_| async {
-                    conn.batch_execute("BEGIN").await?;
-                    let r = async {
-                        conn.execute("SELECT hart_stage()", &[]).await?;
-                        copy_stage(conn, &geometry, &rows).await?;
-                        let row =
-                            conn.query_one("SELECT created, referenced FROM hart_merge_stage($1)", &[&start]).await?;
-                        conn.batch_execute("COMMIT").await?;
-                        Ok::<(i64, i64), DbError>((row.get(0), row.get(1)))
+        let (now, later) = match self.inflight.back() {
+            None => (rows, Vec::new()),
+            Some(f) => {
+                let mut held: rustc_hash::FxHashSet<i64> = Default::default();
+                let (mut now, mut later) = (Vec::with_capacity(rows.len()), Vec::new());
+                for r in rows {
+                    let waits =
+                        r.kids.as_ref().is_some_and(|k| k.iter().any(|x| f.keys.contains(x) || held.contains(x)));
+                    if waits {
+                        held.insert(r.key.h_xy as i64);
+                        later.push(r);
+                    } else {
+                        now.push(r);
                     }
-                    .await;
-                    if r.is_err() {
-                        let _ = conn.batch_execute("ROLLBACK").await;
-                    }
-                    r
-                })
-                .await;
-            match r {
-                Err(DbError::Pg(ref pg)) if pg.code().map(|c| c.code()) == Some("HT001") => {
-                    Err(collision(conn, &store.partitions, &rows, &pg.to_string()).await.into())
                 }
-                Err(e) => Err(e),
-                Ok((c, r)) => Ok((c as u64, r as u64)),
+                (now, later)
             }
-        });
+        };
+        self.pending = later;
+        if now.is_empty() {
+            return Ok(());
+        }
+        self.launch(now)
+    }
+
+    /// An idle connection of the session: the first, or a second one from the pool when the
+    /// first is busy and the pool has one to spare.
+    fn idle(&mut self) -> Option<()> {
+        if self.conn.is_some() || self.extra.is_some() {
+            return Some(());
+        }
+        if !self.asked_extra {
+            self.asked_extra = true;
+            let mut t = deadpool_postgres::Timeouts::new();
+            t.wait = Some(std::time::Duration::ZERO);
+            t.create = Some(self.store.settings.connect_timeout);
+            t.recycle = Some(self.store.settings.connect_timeout);
+            if let Ok(c) = self.store.rt.block_on(self.store.pool.timeout_get(&t)) {
+                self.extra = Some(c);
+                return Some(());
+            }
+        }
+        None
+    }
+
+    /// Start merging `rows` on an idle connection.
+    fn launch(&mut self, rows: Vec<StageRow>) -> Result<(), StoreError> {
+        let store = self.store;
+        let (conn, primary) = match self.conn.take() {
+            Some(c) => (c, true),
+            None => (self.extra.take().expect("an idle connection"), false),
+        };
+        let geometry = match store.rt.block_on(store.geometry_type(&conn)) {
+            Ok(g) => g,
+            Err(e) => {
+                if primary {
+                    self.conn = Some(conn);
+                } else {
+                    self.extra = Some(conn);
+                }
+                return Err(e.into());
+            }
+        };
+        let keys = rows.iter().map(|r| r.key.h_xy as i64).collect();
+        let task =
+            store.rt.spawn(merge_rows(conn, geometry, store.retry.clone(), store.partitions.clone(), self.start, rows));
+        self.inflight.push_back(InFlight { task, primary, keys });
+        Ok(())
+    }
+
+    /// Wait for the oldest merge in flight and take back its connection.
+    fn join(&mut self) -> Result<(), StoreError> {
+        let Some(f) = self.inflight.pop_front() else { return Ok(()) };
+        let (conn, r) = match self.store.rt.block_on(f.task) {
+            Ok(x) => x,
+            Err(e) => {
+                self.positions.clear();
+                self.pending.clear();
+                return Err(StoreError::Backend(format!("a merge task failed: {e}")));
+            }
+        };
+        if f.primary {
+            self.conn = Some(conn);
+        } else {
+            self.extra = Some(conn);
+        }
         match r {
             Ok((created, referenced)) => {
                 self.created += created;
@@ -1248,11 +1373,49 @@ impl PgSession<'_> {
                 Ok(())
             }
             Err(e) => {
-                // Nothing of these rows was stored: forget the positions the session learnt
-                // (atoms of earlier merges are looked up again when needed).
+                // The rows of that merge were not stored: forget the positions the session
+                // learnt (atoms of earlier merges are looked up again when needed), and drop
+                // what depended on them.
                 self.positions.clear();
+                self.pending.clear();
                 Err(e.into())
             }
+        }
+    }
+
+    /// Merge everything buffered and wait for it. After an error, the other merge in flight
+    /// is still waited for, so that both connections come back.
+    fn drain(&mut self) -> Result<(), StoreError> {
+        loop {
+            while !self.inflight.is_empty() {
+                if let Err(e) = self.join() {
+                    while !self.inflight.is_empty() {
+                        let _ = self.join();
+                    }
+                    self.positions.clear();
+                    self.pending.clear();
+                    return Err(e);
+                }
+            }
+            if self.pending.is_empty() {
+                return Ok(());
+            }
+            self.flush()?;
+        }
+    }
+
+    /// Make sure a connection is idle (waiting for the oldest merge if both are busy).
+    fn any_idle(&mut self) -> Result<(), StoreError> {
+        if self.idle().is_none() {
+            self.join()?;
+        }
+        Ok(())
+    }
+
+    /// Wait for every merge in flight, ignoring their results (the session is being given up).
+    fn settle(&mut self) {
+        while !self.inflight.is_empty() {
+            let _ = self.join();
         }
     }
 }
@@ -1288,9 +1451,13 @@ impl Session for PgSession<'_> {
         for op in &ops {
             self.positions.insert(op.hash, op.pos);
         }
-        let conn = self.conn.as_ref().expect("connection held");
-        let positions = &mut self.positions;
-        let rows = match self.store.rt.block_on(stage_rows(conn, batch, &ops, positions)) {
+        let store = self.store;
+        if let Err(e) = self.any_idle() {
+            self.settle();
+            return Err(e);
+        }
+        let conn = self.conn.as_ref().or(self.extra.as_ref()).expect("a connection is idle");
+        let rows = match store.rt.block_on(stage_rows(conn, batch, &ops, &mut self.positions)) {
             Ok(rows) => rows,
             Err(e) => {
                 self.positions.clear();
@@ -1300,17 +1467,20 @@ impl Session for PgSession<'_> {
         };
         self.pending.extend(rows);
         if self.pending.len() >= MERGE_ROWS {
-            self.flush()?;
+            if let Err(e) = self.flush() {
+                self.settle();
+                return Err(e);
+            }
         }
         Ok(())
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
-        self.flush()
+        self.drain()
     }
 
     fn commit(mut self: Box<Self>, root: &Hash, summary: &ObjectSummary) -> Result<ObjectInfo, StoreError> {
-        self.flush()?;
+        self.drain()?;
         let conn = self.conn.take().expect("connection held");
         let (id, start, uri) = (self.id, self.start, self.uri.clone());
         let (created, referenced) = (self.created, self.referenced);
@@ -1392,13 +1562,18 @@ impl Session for PgSession<'_> {
     }
 
     fn abort(mut self: Box<Self>, error: &str) -> Result<(), StoreError> {
-        let conn = self.conn.take().expect("connection held");
+        self.settle();
+        let Some(conn) = self.conn.take() else {
+            // Only a merge task that panicked keeps it.
+            return Err(StoreError::Backend(format!("ingestion {}: its connection was lost", self.id)));
+        };
         self.store.rt.block_on(PgSession::finish(&conn, self.id, error)).map_err(StoreError::from)
     }
 }
 
 impl Drop for PgSession<'_> {
     fn drop(&mut self) {
+        self.settle();
         if let Some(conn) = self.conn.take() {
             let id = self.id;
             let r = self.store.rt.block_on(PgSession::finish(&conn, id, "abandoned before commit"));
