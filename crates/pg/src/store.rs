@@ -1071,9 +1071,12 @@ struct PgSession<'a> {
     referenced: u64,
 }
 
+/// What a merge gives back: its connection, and the atoms it created and referenced.
+type Merged = (Object, Result<(u64, u64), DbError>);
+
 /// A merge in flight on one of the session's connections.
 struct InFlight {
-    task: tokio::task::JoinHandle<(Object, Result<(u64, u64), DbError>)>,
+    task: tokio::task::JoinHandle<Merged>,
     /// Whether it runs on the session's first connection (which holds the gc lock).
     primary: bool,
     /// `h_xy` of every row it stores: a composite naming one of them as a child waits for
@@ -1235,7 +1238,7 @@ async fn merge_rows(
     parts: std::sync::Arc<Partitions>,
     start: std::time::SystemTime,
     rows: Vec<StageRow>,
-) -> (Object, Result<(u64, u64), DbError>) {
+) -> Merged {
     let r = retry
         .run("put", |_| async {
             conn.batch_execute("BEGIN").await?;
