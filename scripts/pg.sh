@@ -150,7 +150,7 @@ max_locks_per_transaction = 1024
 # Bulk loads: 100 MiB of binary is ~2.5 M atoms, ~1.6 GB of heap and ~0.8 GB of indexes.
 # With 256MB the merges' index inserts went to the OS cache and bulk loading ran at
 # 37k atoms/s; 2GB (under a quarter of this machine's RAM) keeps the indexes in PostgreSQL's
-# cache (44.7-49.6k). A larger max_wal_size spaces checkpoints out (they came every few seconds).
+# cache (44.7-52.5k, decision 0011). A larger max_wal_size spaces checkpoints out (they came every few seconds).
 shared_buffers = 2GB
 max_wal_size = 8GB
 fsync = $fsync

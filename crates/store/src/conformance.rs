@@ -1370,7 +1370,7 @@ fn growing_text(bytes: usize, seed: u64) -> Vec<u8> {
 
 /// Objects of tens of thousands of atoms: each session merges (or writes) many batches, which
 /// a backend may overlap with the batches after them. Every object comes back byte for byte,
-/// reference counts recount exactly, copies and half-shared files add what they should, and a
+/// reference counts recount exactly, a file sharing half of a stored one adds about half, and a
 /// session that fails in the middle (a collision after many batches) leaves a store that
 /// passes `fsck` and collects what the failed session wrote. (Checked with `fsck` and `cat`
 /// rather than step boundaries: a full interface walk of 150 K atoms is slow over a network.)
