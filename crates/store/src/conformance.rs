@@ -1371,8 +1371,8 @@ fn growing_text(bytes: usize, seed: u64) -> Vec<u8> {
 /// Objects of tens of thousands of atoms: each session merges (or writes) many batches, which
 /// a backend may overlap with the batches after them. Every object comes back byte for byte,
 /// reference counts recount exactly, a file sharing half of a stored one adds about half, and a
-/// session that fails in the middle (a collision after many batches) leaves a store that
-/// passes `fsck` and collects what the failed session wrote. (Checked with `fsck` and `cat`
+/// session that fails in the middle (a collision after many batches), or is dropped there,
+/// leaves a store that passes `fsck` and collects what the session wrote. (Checked with `fsck` and `cat`
 /// rather than step boundaries: a full interface walk of 150 K atoms is slow over a network.)
 pub fn large_sessions_round_trip<S: Into<Subject>>(factory: &dyn Fn() -> S) {
     let ctx = "large_sessions_round_trip";
@@ -1427,6 +1427,12 @@ pub fn large_sessions_round_trip<S: Into<Subject>>(factory: &dyn Fn() -> S) {
         }
     }
     sess.abort("collision").expect("abort");
+    // A session dropped half way (its caller gone), with writes or merges still in flight.
+    let mut sess = s.store().begin(source("mem://large/dropped", Modality::Binary, 2_000_000)).expect("begin");
+    for b in &built.batches[..half_way] {
+        sess.put(b).unwrap_or_else(|e| panic!("[{ctx}] put into the session to drop: {e}"));
+    }
+    drop(sess);
     assert_cats(s.store(), &a, &bin, ctx);
     assert_cats(s.store(), &t, &text, ctx);
     assert_cats(s.store(), &h, &half, ctx);
