@@ -1279,9 +1279,7 @@ impl PgSession<'_> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        if self.idle().is_none() {
-            self.join()?;
-        }
+        self.any_idle()?;
         let rows = std::mem::take(&mut self.pending);
         let (now, later) = match self.inflight.back() {
             None => (rows, Vec::new()),
@@ -1308,11 +1306,11 @@ impl PgSession<'_> {
         self.launch(now)
     }
 
-    /// An idle connection of the session: the first, or a second one from the pool when the
-    /// first is busy and the pool has one to spare.
-    fn idle(&mut self) -> Option<()> {
+    /// Whether the session has an idle connection: the first, or a second one from the pool
+    /// when the first is busy and the pool has one to spare.
+    fn idle(&mut self) -> bool {
         if self.conn.is_some() || self.extra.is_some() {
-            return Some(());
+            return true;
         }
         if !self.asked_extra {
             self.asked_extra = true;
@@ -1322,10 +1320,19 @@ impl PgSession<'_> {
             t.recycle = Some(self.store.settings.connect_timeout);
             if let Ok(c) = self.store.rt.block_on(self.store.pool.timeout_get(&t)) {
                 self.extra = Some(c);
-                return Some(());
+                return true;
             }
         }
-        None
+        false
+    }
+
+    /// Put a connection back among the idle ones, in the slot it came from.
+    fn give_back(&mut self, conn: Object, primary: bool) {
+        if primary {
+            self.conn = Some(conn);
+        } else {
+            self.extra = Some(conn);
+        }
     }
 
     /// Start merging `rows` on an idle connection.
@@ -1338,11 +1345,7 @@ impl PgSession<'_> {
         let geometry = match store.rt.block_on(store.geometry_type(&conn)) {
             Ok(g) => g,
             Err(e) => {
-                if primary {
-                    self.conn = Some(conn);
-                } else {
-                    self.extra = Some(conn);
-                }
+                self.give_back(conn, primary);
                 return Err(e.into());
             }
         };
@@ -1364,11 +1367,7 @@ impl PgSession<'_> {
                 return Err(StoreError::Backend(format!("a merge task failed: {e}")));
             }
         };
-        if f.primary {
-            self.conn = Some(conn);
-        } else {
-            self.extra = Some(conn);
-        }
+        self.give_back(conn, f.primary);
         match r {
             Ok((created, referenced)) => {
                 self.created += created;
@@ -1392,11 +1391,7 @@ impl PgSession<'_> {
         loop {
             while !self.inflight.is_empty() {
                 if let Err(e) = self.join() {
-                    while !self.inflight.is_empty() {
-                        let _ = self.join();
-                    }
-                    self.positions.clear();
-                    self.pending.clear();
+                    self.settle();
                     return Err(e);
                 }
             }
@@ -1409,7 +1404,7 @@ impl PgSession<'_> {
 
     /// Make sure a connection is idle (waiting for the oldest merge if both are busy).
     fn any_idle(&mut self) -> Result<(), StoreError> {
-        if self.idle().is_none() {
+        if !self.idle() {
             self.join()?;
         }
         Ok(())
