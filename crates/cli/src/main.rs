@@ -115,6 +115,20 @@ enum DbCommand {
     Status,
 }
 
+/// Log events of the backends (a retried transaction, a pack read around) go to stderr:
+/// warnings and errors by default, more with `HART_LOG` (e.g. `HART_LOG=hart_pg=debug`).
+fn init_log() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HART_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -123,6 +137,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
         }
     };
+    init_log();
     match commands::run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

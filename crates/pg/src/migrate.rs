@@ -49,6 +49,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(9, "removed_ingestions", "0009_removed_ingestions.sql"),
     migration!(10, "partitionwise_access", "0010_partitionwise_access.sql"),
     migration!(11, "summary_schedule", "0011_summary_schedule.sql"),
+    migration!(12, "leaf_packs", "0012_leaf_packs.sql"),
 ];
 
 /// The newest version this build knows.

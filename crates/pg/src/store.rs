@@ -13,9 +13,9 @@
 use std::io::Write;
 
 use deadpool_postgres::{Object, Pool};
-use hart_core::atom::leaf_hash;
+use hart_core::atom::{leaf_hash, node_hash};
 use hart_core::geom::{decode_ewkb, ewkb};
-use hart_core::{AtomKind, Hash, HilbertKey, Modality, Position, LEAF_MAX};
+use hart_core::{AtomKind, Hash, HilbertKey, Modality, Position, LEAF_MAX, MAX_FANOUT};
 use hart_store::{
     AtomRecord, Batch, BoundedMap, FsckReport, GcReport, ModalityStats, ObjectInfo, ObjectSummary, Session, SourceInfo,
     Stats, Status, Store, StoreError,
@@ -455,14 +455,55 @@ async fn rows_at(conns: &[&Object], parts: &Partitions, keys: &[HilbertKey], col
     Ok(found)
 }
 
-/// What a walk needs of the atoms at `keys`: a leaf's value, a composite's EWKB.
-async fn walk_fetch(
-    conns: &[&Object],
-    parts: &Partitions,
-    keys: &[HilbertKey],
-) -> DbResult<Vec<Option<(Option<Vec<u8>>, Option<Vec<u8>>)>>> {
-    let found = rows_at(conns, parts, keys, "a.value, CASE WHEN a.value IS NULL THEN ST_AsEWKB(a.geom) END").await?;
-    Ok((0..keys.len()).map(|i| found.row(i).map(|r| (r.get(FOUND_COLS), r.get(FOUND_COLS + 1)))).collect())
+/// What a walk needs of one atom.
+#[derive(Clone)]
+enum Fetched {
+    /// A leaf's value.
+    Leaf(Vec<u8>),
+    /// A composite's pack (migration 0012) and content hash, to check it by.
+    Packed(Vec<u8>, Hash),
+    /// A composite's EWKB: its children are read next.
+    Node(Vec<u8>),
+}
+
+/// What a walk needs of the atoms at `keys`: a leaf's value, a composite's pack when it has
+/// one, else its EWKB.
+async fn walk_fetch(conns: &[&Object], parts: &Partitions, keys: &[HilbertKey]) -> DbResult<Vec<Option<Fetched>>> {
+    let found = rows_at(
+        conns,
+        parts,
+        keys,
+        "a.value, CASE WHEN a.value IS NULL AND a.leaves IS NULL THEN ST_AsEWKB(a.geom) END, a.leaves,
+         CASE WHEN a.leaves IS NOT NULL THEN a.content_hash END",
+    )
+    .await?;
+    let mut out = Vec::with_capacity(keys.len());
+    for i in 0..keys.len() {
+        let Some(r) = found.row(i) else {
+            out.push(None);
+            continue;
+        };
+        let f = if let Some(v) = r.get::<_, Option<Vec<u8>>>(FOUND_COLS) {
+            Fetched::Leaf(v)
+        } else if let Some(pack) = r.get::<_, Option<Vec<u8>>>(FOUND_COLS + 2) {
+            Fetched::Packed(pack, hash_of(r.get(FOUND_COLS + 3))?)
+        } else {
+            Fetched::Node(r.get::<_, Option<Vec<u8>>>(FOUND_COLS + 1).unwrap_or_default())
+        };
+        out.push(Some(f));
+    }
+    Ok(out)
+}
+
+/// The EWKB of the composite at `key`, for a pack that did not check out.
+async fn node_geometry(conns: &[&Object], parts: &Partitions, key: HilbertKey) -> DbResult<Vec<u8>> {
+    let found = rows_at(conns, parts, &[key], "ST_AsEWKB(a.geom)").await?;
+    match found.row(0) {
+        Some(r) => Ok(r.get(FOUND_COLS)),
+        None => {
+            Err(StoreError::Backend(format!("atom at key {key} is missing from the database; run `hart fsck`")).into())
+        }
+    }
 }
 
 /// Write the leaves under the atom at `root` in order, resolving up to [`CAT_BATCH`] atoms
@@ -520,23 +561,35 @@ async fn walk(conns: &[&Object], parts: &Partitions, root: HilbertKey, out: &mut
                     let s = slots[j];
                     uses[s] -= 1;
                     let fetched = if uses[s] == 0 { got[s].take() } else { got[s].clone() };
-                    let Some((value, g)) = fetched else {
+                    let Some(fetched) = fetched else {
                         return Err(StoreError::Backend(format!(
                             "atom at key {k} is missing from the database; run `hart fsck`"
                         ))
                         .into());
                     };
                     j += 1;
-                    match value {
-                        Some(v) => queue.push_back(Item::Bytes(v)),
-                        None => {
-                            // A child has its parent's modality (the high byte of h_xy).
-                            let modality = modality_of((k.h_xy >> 56) as i16)?;
-                            let (_, kids) = geom_of(g.as_deref().unwrap_or_default())?;
-                            for p in kids {
-                                queue.push_back(Item::Pending(HilbertKey::new(modality, &p)));
-                            }
+                    // A child has its parent's modality (the high byte of h_xy).
+                    let modality = || modality_of((k.h_xy >> 56) as i16);
+                    let g = match fetched {
+                        Fetched::Leaf(v) => {
+                            queue.push_back(Item::Bytes(v));
+                            continue;
                         }
+                        Fetched::Packed(pack, hash) => match unpack(modality()?, &hash, &pack) {
+                            Some(bytes) => {
+                                queue.push_back(Item::Bytes(bytes));
+                                continue;
+                            }
+                            None => {
+                                tracing::warn!(key = %k, "a composite's pack does not match its hash (run `hart fsck`); reading its children instead");
+                                node_geometry(conns, parts, k).await?
+                            }
+                        },
+                        Fetched::Node(g) => g,
+                    };
+                    let (_, kids) = geom_of(&g)?;
+                    for p in kids {
+                        queue.push_back(Item::Pending(HilbertKey::new(modality()?, &p)));
                     }
                 }
             }
@@ -647,6 +700,7 @@ impl Store for PgStore {
             start,
             uri: source.uri,
             positions: BoundedMap::new(1 << 20),
+            leaves: BoundedMap::new(PACK_CACHE),
             pending: Vec::new(),
             extra: None,
             asked_extra: false,
@@ -983,6 +1037,13 @@ async fn fsck(c: &Object, parts: &Partitions, progress: &dyn Fn(u64, u64)) -> Db
                 ));
             }
         }
+        // Packs compared with the values of their children (migration 0012).
+        for r in c.query("SELECT content_hash FROM hart_pack_mismatches(100)", &[]).await? {
+            report.problems.push(format!(
+                "composite {}: its pack differs from its children's values (reads fall back to the children)",
+                r.get::<_, String>(0)
+            ));
+        }
         let totals = c
             .query_one(
                 "SELECT (SELECT count(*) FROM atoms), (SELECT coalesce(sum(ref_count), 0)::bigint FROM atoms)",
@@ -1056,6 +1117,8 @@ struct PgSession<'a> {
     uri: String,
     /// Positions of atoms this session has put or looked up, and whether they existed before it.
     positions: BoundedMap<Hash, Position>,
+    /// Recent leaf values, for packs.
+    leaves: BoundedMap<Hash, LeafValue>,
     /// Rows put but not merged yet (at most [`MERGE_ROWS`] and a batch, plus rows held back
     /// until the merge in flight commits).
     pending: Vec<StageRow>,
@@ -1093,6 +1156,59 @@ struct StageRow {
     hash: Hash,
     /// h_xy of each child, in the order of the composite's vertices; None for a leaf.
     kids: Option<Vec<i64>>,
+    /// A composite's pack (migration 0012): each child leaf's value after its length.
+    leaves: Option<Vec<u8>>,
+}
+
+/// A leaf's value, kept by a session to build the packs of the composites above it.
+#[derive(Clone, Copy)]
+struct LeafValue {
+    len: u8,
+    bytes: [u8; LEAF_MAX],
+}
+
+impl LeafValue {
+    fn new(v: &[u8]) -> Option<LeafValue> {
+        let mut bytes = [0; LEAF_MAX];
+        bytes.get_mut(..v.len())?.copy_from_slice(v);
+        Some(LeafValue { len: v.len() as u8, bytes })
+    }
+}
+
+/// Leaf values a session keeps for packs: two generations of this many (~13 MB each). A
+/// composite with a child no longer here (or that is not a leaf) is staged without a pack.
+const PACK_CACHE: usize = 1 << 17;
+
+/// The pack of a composite whose children are all in `leaves` (migration 0012), else None.
+fn pack_of<'a>(
+    children: impl ExactSizeIterator<Item = &'a Hash>,
+    leaves: &mut BoundedMap<Hash, LeafValue>,
+) -> Option<Vec<u8>> {
+    let mut pack = Vec::with_capacity(children.len() * 33);
+    for h in children {
+        let v = leaves.get_promote(h)?;
+        pack.push(v.len);
+        pack.extend_from_slice(&v.bytes[..v.len as usize]);
+    }
+    Some(pack)
+}
+
+/// The leaf values of a composite's pack, checked against its content hash: None if the pack
+/// is malformed or its leaves do not hash to `hash` (then the children are read instead).
+fn unpack(modality: Modality, hash: &Hash, pack: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(pack.len());
+    let mut kids = Vec::with_capacity(MAX_FANOUT);
+    let mut rest = pack;
+    while let Some((&n, tail)) = rest.split_first() {
+        let (v, tail) = tail.split_at_checked(n as usize)?;
+        if v.len() > LEAF_MAX || kids.len() == MAX_FANOUT {
+            return None;
+        }
+        kids.push(leaf_hash(modality, v));
+        out.extend_from_slice(v);
+        rest = tail;
+    }
+    (kids.len() >= 2 && node_hash(modality, &kids) == *hash).then_some(out)
 }
 
 /// The staging rows of `ops`: each composite's geometry runs through its children's
@@ -1102,14 +1218,15 @@ async fn stage_rows(
     batch: &Batch,
     ops: &[&hart_store::Op],
     positions: &mut BoundedMap<Hash, Position>,
+    leaves: &mut BoundedMap<Hash, LeafValue>,
 ) -> DbResult<Vec<StageRow>> {
     let mut rows = Vec::with_capacity(ops.len());
     let mut kid_pos = Vec::new();
     for op in ops {
         let key = HilbertKey::new(op.modality, &op.pos);
         kid_pos.clear();
-        let (value, kids) = match op.kind {
-            AtomKind::Leaf => (Some(batch.value(op).to_vec()), None),
+        let (value, kids, pack) = match op.kind {
+            AtomKind::Leaf => (Some(batch.value(op).to_vec()), None, None),
             AtomKind::Node => {
                 for h in batch.children(op) {
                     let p = match positions.get_promote(h) {
@@ -1138,7 +1255,7 @@ async fn stage_rows(
                     kid_pos.push(p);
                 }
                 let kids = kid_pos.iter().map(|p| HilbertKey::new(op.modality, p).h_xy as i64).collect();
-                (None, Some(kids))
+                (None, Some(kids), pack_of(batch.children(op).iter(), leaves))
             }
         };
         rows.push(StageRow {
@@ -1148,6 +1265,7 @@ async fn stage_rows(
             modality: i16::from(op.modality.as_u8()),
             hash: op.hash,
             kids,
+            leaves: pack,
         });
     }
     Ok(rows)
@@ -1178,17 +1296,26 @@ impl ToSql for Ewkb<'_> {
 async fn copy_stage(conn: &Object, geometry: &Type, rows: &[StageRow]) -> DbResult<()> {
     let sink = conn
         .copy_in(
-            "COPY hart_stage (h_xy, h_yz, h_zm, geom, value, modality, content_hash, kids) FROM STDIN (FORMAT binary)",
+            "COPY hart_stage (h_xy, h_yz, h_zm, geom, value, modality, content_hash, kids, leaves) FROM STDIN (FORMAT binary)",
         )
         .await?;
-    let types =
-        [Type::INT8, Type::INT8, Type::INT8, geometry.clone(), Type::BYTEA, Type::INT2, Type::BYTEA, Type::INT8_ARRAY];
+    let types = [
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        geometry.clone(),
+        Type::BYTEA,
+        Type::INT2,
+        Type::BYTEA,
+        Type::INT8_ARRAY,
+        Type::BYTEA,
+    ];
     let writer = BinaryCopyInWriter::new(sink, &types);
     let mut writer = std::pin::pin!(writer);
     for r in rows {
         let (x, y, z) = (r.key.h_xy as i64, r.key.h_yz as i64, r.key.h_zm as i64);
         let hash: &[u8] = &r.hash.0;
-        writer.as_mut().write(&[&x, &y, &z, &Ewkb(&r.geom), &r.value, &r.modality, &hash, &r.kids]).await?;
+        writer.as_mut().write(&[&x, &y, &z, &Ewkb(&r.geom), &r.value, &r.modality, &hash, &r.kids, &r.leaves]).await?;
     }
     writer.finish().await?;
     Ok(())
@@ -1440,6 +1567,12 @@ impl Session for PgSession<'_> {
                 )));
             }
         }
+        // Every leaf's value, for the packs of composites in this batch and later ones.
+        for op in batch.ops.iter().filter(|op| op.kind == AtomKind::Leaf) {
+            if let Some(v) = LeafValue::new(batch.value(op)) {
+                self.leaves.insert(op.hash, v);
+            }
+        }
         // Atoms this session already put are not staged again.
         let ops: Vec<_> = batch.ops.iter().filter(|op| self.positions.get(&op.hash).is_none()).collect();
         if ops.is_empty() {
@@ -1455,7 +1588,7 @@ impl Session for PgSession<'_> {
             return Err(e);
         }
         let conn = self.conn.as_ref().or(self.extra.as_ref()).expect("a connection is idle");
-        let rows = match store.rt.block_on(stage_rows(conn, batch, &ops, &mut self.positions)) {
+        let rows = match store.rt.block_on(stage_rows(conn, batch, &ops, &mut self.positions, &mut self.leaves)) {
             Ok(rows) => rows,
             Err(e) => {
                 self.positions.clear();

@@ -265,3 +265,68 @@ async fn merge_is_only_for_writers_and_only_as_oneself() {
     assert_eq!(sqlstate(&e), "42501");
     c.query("SELECT * FROM atom_spatial_summary_public", &[]).await.unwrap();
 }
+
+/// A pack shows its leaves' bytes (migration 0012), so holding a packed composite takes
+/// proof of those bytes: the same pack, or read access to every child (docs/SECURITY.md).
+#[tokio::test]
+async fn packs_open_leaves_only_to_who_has_them() {
+    let db = TestDb::migrated("rls_packs").await;
+    let alice = db.login_role("alice", &["hart_writer"]).await;
+    let bob = db.login_role("bob", &["hart_writer"]).await;
+    let carol = db.login_role("carol", &["hart_writer"]).await;
+    let (a, b, c) = (db.client_as(&alice).await, db.client_as(&bob).await, db.client_as(&carol).await);
+
+    let l1 = Atom::leaf(Modality::Text, b"pin:");
+    let l2 = Atom::leaf(Modality::Text, b" 4711");
+    let root = Atom::node(Modality::Text, &[&l1, &l2, &l1]);
+    assert_eq!(root.leaves.as_deref(), Some(&b"\x04pin:\x05 4711\x04pin:"[..]));
+    let tree = [&l1, &l2, &root];
+    assert_eq!(merge_atoms(&a, &tree, false).await.unwrap(), (3, 0, 0));
+    let pack = |cl: &'static str| {
+        let (x, y, z) = root.k();
+        let cl = match cl {
+            "a" => &a,
+            "b" => &b,
+            _ => &c,
+        };
+        async move {
+            cl.query_opt("SELECT leaves FROM atoms WHERE h_xy = $1 AND h_yz = $2 AND h_zm = $3", &[&x, &y, &z])
+                .await
+                .unwrap()
+                .map(|r| r.get::<_, Vec<u8>>(0))
+        }
+    };
+    assert_eq!(pack("a").await, root.leaves);
+
+    // Bob has the composite's row (its children's positions) but not the leaves' bytes:
+    // without a pack, or with a forged one, he cannot hold it. Before packs, the row alone was
+    // proof enough (it held nothing else).
+    let mut bare = root.clone();
+    bare.leaves = None;
+    let e = merge_atoms(&b, &[&bare], false).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "HT002", "{e:?}");
+    let mut forged = root.clone();
+    forged.leaves = Some(b"\x04pin:\x05 0000\x04pin:".to_vec());
+    let e = merge_atoms(&b, &[&forged], false).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "HT002", "{e:?}");
+    assert!(!format!("{e:?}").contains("4711"));
+    assert_eq!(pack("b").await, None);
+    assert!(visible(&b, &tree).await.is_empty());
+
+    // The same pack is proof: Bob holds the composite (not the leaves' rows).
+    assert_eq!(merge_atoms(&b, &[&root], false).await.unwrap(), (0, 1, 1));
+    assert_eq!(pack("b").await, root.leaves);
+    assert_eq!(visible(&b, &tree).await, hexes(&[&root]));
+
+    // So is staging the children: Carol's copy of the composite has no pack (a backend may
+    // leave it out), but the leaves she stages with it are hers once merged.
+    assert_eq!(merge_atoms(&c, &[&l1, &l2, &bare], false).await.unwrap(), (0, 3, 3));
+    assert_eq!(pack("c").await, root.leaves);
+    assert_eq!(visible(&c, &tree).await, hexes(&tree));
+    // The stored pack never changes, whoever stages what.
+    assert_eq!(pack("a").await, root.leaves);
+    assert_eq!(common::refcount_mismatches(&db.client().await).await, 0);
+    let bad: i64 =
+        db.client().await.query_one("SELECT count(*) FROM hart_pack_mismatches(NULL)", &[]).await.unwrap().get(0);
+    assert_eq!(bad, 0);
+}

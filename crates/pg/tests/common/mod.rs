@@ -217,6 +217,8 @@ pub struct Atom {
     pub key: hart_core::HilbertKey,
     pub value: Option<Vec<u8>>,
     pub children: Vec<hart_core::Position>,
+    /// A composite's pack (migration 0012), as the backend stages it; None for leaves.
+    pub leaves: Option<Vec<u8>>,
 }
 
 impl Atom {
@@ -229,10 +231,12 @@ impl Atom {
             key: hart_core::HilbertKey::new(modality, &pos),
             value: Some(value.to_vec()),
             children: Vec::new(),
+            leaves: None,
         }
     }
 
-    /// A composite over `children` (two or more, repeats allowed), as the tree builder makes it.
+    /// A composite over `children` (two or more, repeats allowed), as the tree builder makes it,
+    /// with a pack when they are all leaves.
     pub fn node(modality: hart_core::Modality, children: &[&Atom]) -> Atom {
         let kids: Vec<hart_core::Child> =
             children.iter().map(|a| hart_core::Child { hash: a.hash, pos: a.pos }).collect();
@@ -244,6 +248,12 @@ impl Atom {
             key: hart_core::HilbertKey::new(modality, &made.pos),
             value: None,
             children: children.iter().map(|a| a.pos).collect(),
+            leaves: children.iter().try_fold(Vec::new(), |mut pack, a| {
+                let v = a.value.as_ref()?;
+                pack.push(v.len() as u8);
+                pack.extend_from_slice(v);
+                Some(pack)
+            }),
         }
     }
 
@@ -304,6 +314,7 @@ pub fn build_tree(modality: hart_core::Modality, data: &[u8]) -> (Vec<Atom>, Ato
                 key: hart_core::HilbertKey::new(modality, &n.pos),
                 value: None,
                 children: n.children.iter().map(|c| c.pos).collect(),
+                leaves: None,
             })
         });
     }
@@ -316,6 +327,7 @@ pub fn build_tree(modality: hart_core::Modality, data: &[u8]) -> (Vec<Atom>, Ato
                 key: hart_core::HilbertKey::new(modality, &n.pos),
                 value: None,
                 children: n.children.iter().map(|c| c.pos).collect(),
+                leaves: None,
             })
         })
         .expect("a non-empty input has a root");
@@ -364,12 +376,13 @@ pub async fn stage_and_merge(
     let value: Vec<Option<Vec<u8>>> = atoms.iter().map(|a| a.value.clone()).collect();
     let modality: Vec<i16> = atoms.iter().map(|a| i16::from(a.modality.as_u8())).collect();
     let hash: Vec<Vec<u8>> = atoms.iter().map(|a| a.hash.0.to_vec()).collect();
+    let packs: Vec<Option<Vec<u8>>> = atoms.iter().map(|a| a.leaves.clone()).collect();
     c.execute(
-        "INSERT INTO hart_stage (h_xy, h_yz, h_zm, geom, value, modality, content_hash, is_public)
-         SELECT x, y, z, ST_GeomFromEWKB(g), v, m, h, $8
+        "INSERT INTO hart_stage (h_xy, h_yz, h_zm, geom, value, modality, content_hash, is_public, leaves)
+         SELECT x, y, z, ST_GeomFromEWKB(g), v, m, h, $8, l
          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[], $5::bytea[],
-                     $6::smallint[], $7::bytea[]) AS u(x, y, z, g, v, m, h)",
-        &[&xy, &yz, &zm, &geom, &value, &modality, &hash, &is_public],
+                     $6::smallint[], $7::bytea[], $9::bytea[]) AS u(x, y, z, g, v, m, h, l)",
+        &[&xy, &yz, &zm, &geom, &value, &modality, &hash, &is_public, &packs],
     )
     .await?;
     let r = c.query_one("SELECT * FROM hart_merge_stage()", &[]).await?;
