@@ -92,7 +92,7 @@ impl Drop for BenchDb {
 
 /// The columns of `atoms` a raw copy writes (everything but the generated `pt`).
 const ATOM_COLUMNS: &str = "h_xy, h_yz, h_zm, geom, value, modality, content_hash, ref_count, meta, is_public, \
-                            owners, created_at, created_by, updated_at, updated_by, version";
+                            owners, created_at, created_by, updated_at, updated_by, version, leaves";
 
 /// Baseline for bulk loading: binary COPY of every row of `from`'s `atoms` into the (empty,
 /// migrated) `atoms` of `to`, as is: same rows, same table, indexes and triggers. The rows go

@@ -277,7 +277,7 @@ pub(super) fn cat(ctx: &mut Ctx) -> Result<Report> {
         .vs("SQL hart_reconstruct (1 MiB object)", Some(one.size as f64 / MB / sql.as_secs_f64()))
         .target(Target::AtLeast(50.0));
     r.note(format!(
-        "{} atoms fetched by key, level by level, {} keys at a time: one prepared query per partition, spread over two connections sharing a snapshot",
+        "{} atoms; read by key, level by level, {} keys at a time (one prepared query per partition, over two connections sharing a snapshot), a composite over leaves as one row with its pack, checked against its hash (decision 0013)",
         big.atoms_created, 32_768
     ));
     Ok(r)
