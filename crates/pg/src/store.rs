@@ -498,12 +498,12 @@ async fn walk_fetch(conns: &[&Object], parts: &Partitions, keys: &[HilbertKey]) 
 /// The EWKB of the composite at `key`, for a pack that did not check out.
 async fn node_geometry(conns: &[&Object], parts: &Partitions, key: HilbertKey) -> DbResult<Vec<u8>> {
     let found = rows_at(conns, parts, &[key], "ST_AsEWKB(a.geom)").await?;
-    match found.row(0) {
-        Some(r) => Ok(r.get(FOUND_COLS)),
-        None => {
-            Err(StoreError::Backend(format!("atom at key {key} is missing from the database; run `hart fsck`")).into())
-        }
-    }
+    found.row(0).map(|r| r.get(FOUND_COLS)).ok_or_else(|| missing_atom(key))
+}
+
+/// A walk reached a key no atom is stored at.
+fn missing_atom(key: HilbertKey) -> DbError {
+    StoreError::Backend(format!("atom at key {key} is missing from the database; run `hart fsck`")).into()
 }
 
 /// Write the leaves under the atom at `root` in order, resolving up to [`CAT_BATCH`] atoms
@@ -561,21 +561,16 @@ async fn walk(conns: &[&Object], parts: &Partitions, root: HilbertKey, out: &mut
                     let s = slots[j];
                     uses[s] -= 1;
                     let fetched = if uses[s] == 0 { got[s].take() } else { got[s].clone() };
-                    let Some(fetched) = fetched else {
-                        return Err(StoreError::Backend(format!(
-                            "atom at key {k} is missing from the database; run `hart fsck`"
-                        ))
-                        .into());
-                    };
+                    let Some(fetched) = fetched else { return Err(missing_atom(k)) };
                     j += 1;
                     // A child has its parent's modality (the high byte of h_xy).
-                    let modality = || modality_of((k.h_xy >> 56) as i16);
+                    let modality = modality_of((k.h_xy >> 56) as i16)?;
                     let g = match fetched {
                         Fetched::Leaf(v) => {
                             queue.push_back(Item::Bytes(v));
                             continue;
                         }
-                        Fetched::Packed(pack, hash) => match unpack(modality()?, &hash, &pack) {
+                        Fetched::Packed(pack, hash) => match unpack(modality, &hash, &pack) {
                             Some(bytes) => {
                                 queue.push_back(Item::Bytes(bytes));
                                 continue;
@@ -589,7 +584,7 @@ async fn walk(conns: &[&Object], parts: &Partitions, root: HilbertKey, out: &mut
                     };
                     let (_, kids) = geom_of(&g)?;
                     for p in kids {
-                        queue.push_back(Item::Pending(HilbertKey::new(modality()?, &p)));
+                        queue.push_back(Item::Pending(HilbertKey::new(modality, &p)));
                     }
                 }
             }

@@ -282,21 +282,7 @@ async fn packs_open_leaves_only_to_who_has_them() {
     assert_eq!(root.leaves.as_deref(), Some(&b"\x04pin:\x05 4711\x04pin:"[..]));
     let tree = [&l1, &l2, &root];
     assert_eq!(merge_atoms(&a, &tree, false).await.unwrap(), (3, 0, 0));
-    let pack = |cl: &'static str| {
-        let (x, y, z) = root.k();
-        let cl = match cl {
-            "a" => &a,
-            "b" => &b,
-            _ => &c,
-        };
-        async move {
-            cl.query_opt("SELECT leaves FROM atoms WHERE h_xy = $1 AND h_yz = $2 AND h_zm = $3", &[&x, &y, &z])
-                .await
-                .unwrap()
-                .map(|r| r.get::<_, Vec<u8>>(0))
-        }
-    };
-    assert_eq!(pack("a").await, root.leaves);
+    assert_eq!(pack_seen(&a, &root).await, root.leaves);
 
     // Bob has the composite's row (its children's positions) but not the leaves' bytes:
     // without a pack, or with a forged one, he cannot hold it. Before packs, the row alone was
@@ -310,23 +296,32 @@ async fn packs_open_leaves_only_to_who_has_them() {
     let e = merge_atoms(&b, &[&forged], false).await.unwrap_err();
     assert_eq!(sqlstate(&e), "HT002", "{e:?}");
     assert!(!format!("{e:?}").contains("4711"));
-    assert_eq!(pack("b").await, None);
+    assert_eq!(pack_seen(&b, &root).await, None);
     assert!(visible(&b, &tree).await.is_empty());
 
     // The same pack is proof: Bob holds the composite (not the leaves' rows).
     assert_eq!(merge_atoms(&b, &[&root], false).await.unwrap(), (0, 1, 1));
-    assert_eq!(pack("b").await, root.leaves);
+    assert_eq!(pack_seen(&b, &root).await, root.leaves);
     assert_eq!(visible(&b, &tree).await, hexes(&[&root]));
 
     // So is staging the children: Carol's copy of the composite has no pack (a backend may
     // leave it out), but the leaves she stages with it are hers once merged.
     assert_eq!(merge_atoms(&c, &[&l1, &l2, &bare], false).await.unwrap(), (0, 3, 3));
-    assert_eq!(pack("c").await, root.leaves);
+    assert_eq!(pack_seen(&c, &root).await, root.leaves);
     assert_eq!(visible(&c, &tree).await, hexes(&tree));
     // The stored pack never changes, whoever stages what.
-    assert_eq!(pack("a").await, root.leaves);
+    assert_eq!(pack_seen(&a, &root).await, root.leaves);
     assert_eq!(common::refcount_mismatches(&db.client().await).await, 0);
     let bad: i64 =
         db.client().await.query_one("SELECT count(*) FROM hart_pack_mismatches(NULL)", &[]).await.unwrap().get(0);
     assert_eq!(bad, 0);
+}
+
+/// The pack of `atom` as the connection's role sees it (None: the row is not visible).
+async fn pack_seen(c: &tokio_postgres::Client, atom: &Atom) -> Option<Vec<u8>> {
+    let (x, y, z) = atom.k();
+    c.query_opt("SELECT leaves FROM atoms WHERE h_xy = $1 AND h_yz = $2 AND h_zm = $3", &[&x, &y, &z])
+        .await
+        .unwrap()
+        .map(|r| r.get::<_, Vec<u8>>(0))
 }
