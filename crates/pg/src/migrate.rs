@@ -50,6 +50,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(10, "partitionwise_access", "0010_partitionwise_access.sql"),
     migration!(11, "summary_schedule", "0011_summary_schedule.sql"),
     migration!(12, "leaf_packs", "0012_leaf_packs.sql"),
+    migration!(13, "merge_plans", "0013_merge_plans.sql"),
 ];
 
 /// The newest version this build knows.
