@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Throwaway PostgreSQL + PostGIS cluster for Hartonomous' tests and benchmarks.
 #
-#   scripts/pg.sh start    install PostgreSQL/PostGIS if missing, create the cluster if
-#                          missing, start it if stopped, wait until ready, print `export` lines
+#   scripts/pg.sh start    install PostgreSQL/PostGIS if missing, build and install the
+#                          hart_native extension (crates/pg/native) if missing or changed,
+#                          create the cluster if missing, start it if stopped, wait until
+#                          ready, print `export` lines
 #   scripts/pg.sh env      print the `export` lines only:  eval "$(scripts/pg.sh env)"
 #   scripts/pg.sh status   exit 0 if the cluster runs, 3 if not
 #   scripts/pg.sh stop     stop the cluster (the data directory is kept)
@@ -26,6 +28,8 @@ set -euo pipefail
 PG_VERSION="${HART_PG_VERSION:-15}"
 PG_BIN="/usr/lib/postgresql/${PG_VERSION}/bin"
 PG_SHARE="/usr/share/postgresql/${PG_VERSION}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+NATIVE_SRC="$ROOT/crates/pg/native"
 DIR="${HART_PG_DIR:-/tmp/hart-pg}"
 DATA="$DIR/data"
 SOCK="$DATA/run"
@@ -66,12 +70,29 @@ installed() {
         && [ -f "$PG_SHARE/extension/postgis.control" ]
 }
 
+# What builds hart_native: PGXS and the server headers, make, a C compiler.
+build_tools() {
+    [ -x "$PG_BIN/pg_config" ] && [ -f "/usr/include/postgresql/${PG_VERSION}/server/fmgr.h" ] \
+        && command -v make >/dev/null 2>&1 && command -v gcc >/dev/null 2>&1
+}
+
+# Root, or sudo without a password, or nothing (then "$@" must not need privileges).
+SUDO=()
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    SUDO=(sudo -n)
+fi
+
 install_packages() {
-    local pkgs=("postgresql-${PG_VERSION}" "postgresql-${PG_VERSION}-postgis-3")
+    # The server, PostGIS, and what builds hart_native (PGXS headers, make, a C compiler).
+    local pkgs=("postgresql-${PG_VERSION}" "postgresql-${PG_VERSION}-postgis-3"
+        "postgresql-server-dev-${PG_VERSION}" make gcc libc6-dev)
     local sudo=()
     if [ "$(id -u)" -ne 0 ]; then
         if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
             sudo=(sudo -n)
+        elif installed; then
+            say "warning: cannot install ${pkgs[*]} as this user; hart_native needs postgresql-server-dev-${PG_VERSION}, make and gcc."
+            return 0
         else
             die "PostgreSQL ${PG_VERSION} with PostGIS 3 is not installed and this user cannot install packages." \
                 "missing: $PG_BIN/postgres or $PG_SHARE/extension/postgis.control" \
@@ -97,8 +118,57 @@ install_packages() {
         || die "apt-get install ${pkgs[*]} failed (see above)." \
             "if the packages do not exist on this release, set HART_PG_VERSION to the major version it ships" \
             "(apt-cache search postgis) or add the apt.postgresql.org repository."
-    installed || die "after installing, $PG_BIN/postgres or $PG_SHARE/extension/postgis.control is still missing." \
+    { installed && build_tools; } || die "after installing, $PG_BIN/postgres, $PG_SHARE/extension/postgis.control or the server headers are still missing." \
         "fix: check the output of apt-get above; the PostGIS package must match PostgreSQL ${PG_VERSION}."
+}
+
+# Build crates/pg/native (PGXS) in a scratch directory and install it into this PostgreSQL
+# when the installed files differ. Databases pick it up at their next `hart db migrate`.
+# Without it the key functions run in PL/pgSQL (slower bulk loads, same answers); under CI
+# a failure here is an error, so that the tests always cover the C functions.
+install_native() {
+    local pkglib share build f differ=0
+    if ! build_tools; then
+        native_failed "cannot build hart_native: postgresql-server-dev-${PG_VERSION}, make or gcc is missing."
+        return 0
+    fi
+    pkglib="$("$PG_BIN/pg_config" --pkglibdir)"
+    share="$("$PG_BIN/pg_config" --sharedir)/extension"
+    # A fixed path: the compiler records it (debug info), and the same sources must build the
+    # same library for the comparison below.
+    build="${TMPDIR:-/tmp}/hart-native-build.$(id -u)"
+    rm -rf "$build" && mkdir -p "$build"
+    cp "$NATIVE_SRC"/Makefile "$NATIVE_SRC"/hart_native.c "$NATIVE_SRC"/hart_native.control \
+        "$NATIVE_SRC"/hart_native--*.sql "$build"/
+    if ! make -s -C "$build" PG_CONFIG="$PG_BIN/pg_config" with_llvm=no >"$build/make.log" 2>&1; then
+        cat "$build/make.log" >&2
+        rm -rf "$build"
+        native_failed "building hart_native failed (compiler output above)."
+        return 0
+    fi
+    cmp -s "$build/hart_native.so" "$pkglib/hart_native.so" || differ=1
+    for f in "$build"/hart_native.control "$build"/hart_native--*.sql; do
+        cmp -s "$f" "$share/$(basename "$f")" || differ=1
+    done
+    if [ "$differ" = 1 ]; then
+        say "installing the hart_native extension into $pkglib"
+        # `make install` writes a new file (install unlinks first): backends that loaded the
+        # old library keep their mapping.
+        if ! "${SUDO[@]}" make -s -C "$build" PG_CONFIG="$PG_BIN/pg_config" with_llvm=no install >"$build/make.log" 2>&1; then
+            cat "$build/make.log" >&2
+            rm -rf "$build"
+            native_failed "installing hart_native into $pkglib failed (output above)."
+            return 0
+        fi
+    fi
+    rm -rf "$build"
+}
+
+native_failed() {
+    if [ "${CI:-}" = true ]; then
+        die "$1" "under CI the C key functions are required; fix the build, or install postgresql-server-dev-${PG_VERSION}, make and gcc."
+    fi
+    say "warning: $1 The key functions will run in PL/pgSQL (slower bulk loads, same answers)."
 }
 
 running() {
@@ -217,7 +287,8 @@ stop_cluster() {
 cmd="${1:-}"
 case "$cmd" in
     start)
-        installed || install_packages
+        { installed && build_tools; } || install_packages
+        install_native
         check_port_free
         init_cluster
         start_cluster

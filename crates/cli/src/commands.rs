@@ -41,12 +41,20 @@ fn db(cli: &Cli, c: &crate::DbCommand) -> Result<u8> {
     match c {
         crate::DbCommand::Migrate => {
             let r = hart_pg::PgStore::migrate(&settings)?;
+            let keys = match r.native_hilbert {
+                Some(true) => "Hilbert key in C (hart_native)",
+                Some(false) => "Hilbert key in PL/pgSQL (hart_native is not installed on the server)",
+                None => "",
+            };
             if cli.json {
-                println!("{}", serde_json::json!({ "applied": r.applied, "version": r.version }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "applied": r.applied, "version": r.version, "native_hilbert": r.native_hilbert })
+                );
             } else if r.applied.is_empty() {
-                println!("{settings}: up to date at version {}", r.version);
+                println!("{settings}: up to date at version {}; {keys}", r.version);
             } else {
-                println!("{settings}: applied {:?}, now at version {}", r.applied, r.version);
+                println!("{settings}: applied {:?}, now at version {}; {keys}", r.applied, r.version);
             }
         }
         crate::DbCommand::Status => {

@@ -51,6 +51,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(11, "summary_schedule", "0011_summary_schedule.sql"),
     migration!(12, "leaf_packs", "0012_leaf_packs.sql"),
     migration!(13, "merge_plans", "0013_merge_plans.sql"),
+    migration!(14, "native_hilbert", "0014_native_hilbert.sql"),
 ];
 
 /// The newest version this build knows.
@@ -115,6 +116,9 @@ pub struct MigrationReport {
     pub applied: Vec<i32>,
     /// The database's version after the run.
     pub version: i32,
+    /// Whether the Hilbert key runs in C in this database (the `hart_native` extension,
+    /// migration 0014); `None` below version 14 or when a run stopped short of the latest.
+    pub native_hilbert: Option<bool>,
 }
 
 /// State of one known migration in a database.
@@ -188,7 +192,19 @@ fn verify(migrations: &[Migration], applied: &[AppliedRow]) -> Result<(), Migrat
 
 /// Apply every pending migration.
 pub async fn migrate(client: &mut Client) -> Result<MigrationReport, MigrateError> {
-    migrate_to(client, latest_version()).await
+    let mut report = migrate_to(client, latest_version()).await?;
+    // Every run, not only migration 0014's: a server that gained the extension since (or
+    // lost it) gets the key functions repointed. Idempotent, one short transaction.
+    let tx = client.transaction().await.map_err(db("starting a transaction"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await.map_err(db("taking the migration lock"))?;
+    let native: bool = tx
+        .query_one("SELECT hart_adopt_native()", &[])
+        .await
+        .map_err(db("choosing the Hilbert key functions (hart_adopt_native)"))?
+        .get(0);
+    tx.commit().await.map_err(db("choosing the Hilbert key functions (hart_adopt_native)"))?;
+    report.native_hilbert = Some(native);
+    Ok(report)
 }
 
 /// Apply pending migrations up to and including `target` (for testing upgrades from an
