@@ -142,8 +142,9 @@ async fn c_and_plpgsql_key_functions_agree() {
     let err = c.query_one("SELECT hart_native_hilbert_encode(0, -1)", &[]).await.unwrap_err();
     assert_eq!(common::sqlstate(&err), "22003");
 
-    // Right keys, and each of them made wrong in one place.
-    let mut cases: Vec<(i16, [i64; 4], [i64; 3], bool)> = Vec::new();
+    // Right keys, and each of them made wrong in one place: (modality, point, key, right).
+    type Case = (i16, [i64; 4], [i64; 3], bool);
+    let mut cases: Vec<Case> = Vec::new();
     for (i, pair) in pts.chunks(2).take(1000).enumerate() {
         let m = Modality::ALL[i % Modality::ALL.len()];
         let p = Position::new(pair[0].0, pair[0].1, pair[1].0, pair[1].1);
@@ -160,7 +161,7 @@ async fn c_and_plpgsql_key_functions_agree() {
         };
         cases.push((md, coords, wrong, false));
     }
-    let col = |f: &dyn Fn(&(i16, [i64; 4], [i64; 3], bool)) -> i64| cases.iter().map(f).collect::<Vec<i64>>();
+    let col = |f: &dyn Fn(&Case) -> i64| cases.iter().map(f).collect::<Vec<i64>>();
     let ms: Vec<i16> = cases.iter().map(|c| c.0).collect();
     let (x, y, z, m) = (col(&|c| c.1[0]), col(&|c| c.1[1]), col(&|c| c.1[2]), col(&|c| c.1[3]));
     let (kx, ky, kz) = (col(&|c| c.2[0]), col(&|c| c.2[1]), col(&|c| c.2[2]));
