@@ -47,6 +47,8 @@ pub struct BenchDb {
     admin: ConnectionSettings,
     name: String,
     pub settings: ConnectionSettings,
+    /// Whether the database's key functions run in C (migration 0014, `hart_native`).
+    pub native_hilbert: bool,
 }
 
 impl BenchDb {
@@ -67,8 +69,8 @@ impl BenchDb {
                 )
             })
         })?;
-        let db = BenchDb { admin: admin.clone(), settings: admin.with_database(&name), name };
-        crate::PgStore::migrate(&db.settings)?;
+        let mut db = BenchDb { admin: admin.clone(), settings: admin.with_database(&name), name, native_hilbert: false };
+        db.native_hilbert = crate::PgStore::migrate(&db.settings)?.native_hilbert == Some(true);
         Ok(db)
     }
 

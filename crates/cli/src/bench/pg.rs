@@ -78,9 +78,9 @@ pub(super) fn load(ctx: &mut Ctx) -> Result<Report> {
     // Measure a load of our own even if an earlier section loaded already.
     pg(ctx).loaded = None;
     let took = ensure_loaded(ctx)?.expect("just loaded");
-    let (atoms, bytes, settings) = {
+    let (atoms, bytes, settings, native) = {
         let l = loaded(ctx);
-        (l.bin.atoms_created, l.bin.size, l.db.settings.clone())
+        (l.bin.atoms_created, l.bin.size, l.db.settings.clone(), l.db.native_hilbert)
     };
     ctx.say("raw binary COPY of the same rows into another fresh database");
     let admin = pg(ctx).admin.clone();
@@ -102,6 +102,12 @@ pub(super) fn load(ctx: &mut Ctx) -> Result<Report> {
         raw.as_secs_f64()
     ));
     r.note("raw COPY: the same rows straight into `atoms` (all indexes and the validation trigger), no dedup, no reference counting");
+    r.note(if native {
+        "key check and child keys in C (the hart_native extension, decision 0014)"
+    } else {
+        "key check and child keys in PL/pgSQL: hart_native is not installed on this server (decision 0014; \
+         scripts/pg.sh installs it), so bulk loads are slower"
+    });
 
     // The same bytes as four files: `ingest` stores them on parallel sessions, one server
     // backend each (PgStore::parallel_sessions).
