@@ -69,7 +69,8 @@ impl BenchDb {
                 )
             })
         })?;
-        let mut db = BenchDb { admin: admin.clone(), settings: admin.with_database(&name), name, native_hilbert: false };
+        let mut db =
+            BenchDb { admin: admin.clone(), settings: admin.with_database(&name), name, native_hilbert: false };
         db.native_hilbert = crate::PgStore::migrate(&db.settings)?.native_hilbert == Some(true);
         Ok(db)
     }
