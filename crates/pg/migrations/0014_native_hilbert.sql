@@ -53,20 +53,21 @@ $$;
 
 -- Point the three names at the C functions when hart_native is installed in this database
 -- (creating it first when it is available on the server and the caller may: a superuser,
--- as migrations run), at the PL/pgSQL ones otherwise. Returns whether C is in use.
+-- as migrations run), at the PL/pgSQL ones otherwise or when prefer_native is false (tests
+-- of the fallback). Returns whether C is in use.
 -- SECURITY INVOKER: only a role that may create C extensions and replace these functions
 -- (their owner, or a superuser) can run it to any effect.
-CREATE FUNCTION hart_adopt_native() RETURNS boolean
+CREATE FUNCTION hart_adopt_native(prefer_native boolean DEFAULT true) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, public AS $adopt$
 DECLARE
     native boolean;
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'hart_native')
+    IF prefer_native AND NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'hart_native')
        AND EXISTS (SELECT FROM pg_available_extensions WHERE name = 'hart_native')
        AND (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
         CREATE EXTENSION hart_native SCHEMA public;
     END IF;
-    native := EXISTS (SELECT FROM pg_extension WHERE extname = 'hart_native');
+    native := prefer_native AND EXISTS (SELECT FROM pg_extension WHERE extname = 'hart_native');
     -- Not STRICT where the body calls a non-strict function (hart_native_key_matches answers
     -- false for NULL coordinates): the planner only inlines a STRICT SQL function whose body
     -- is strict, and an inlined wrapper costs nothing.
@@ -103,7 +104,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, public AS $$
     WHERE p.oid = to_regprocedure('public.hart_key_matches(bigint, bigint, bigint, smallint, geometry)')
 $$;
 
-REVOKE ALL ON FUNCTION hart_adopt_native() FROM PUBLIC;
+REVOKE ALL ON FUNCTION hart_adopt_native(boolean) FROM PUBLIC;
 
 RESET ROLE;
 SELECT hart_adopt_native();

@@ -14,3 +14,9 @@ CREATE FUNCTION hart_native_key_matches(h_xy bigint, h_yz bigint, h_zm bigint, m
 CREATE FUNCTION hart_native_xy_of_point(modality smallint, x float8, y float8) RETURNS bigint
     AS 'MODULE_PATHNAME', 'hart_native_xy_of_point'
     LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION hart_native_line_keys(modality smallint, line bytea,
+                                      OUT h_xy bigint, OUT h_yz bigint, OUT h_zm bigint)
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'hart_native_line_keys'
+    LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE ROWS 16;

@@ -33,6 +33,29 @@ mod fresh {
     hart_store::conformance_tests!(super::fresh);
 }
 
+/// The same suite with the key functions and the merge in their PL/pgSQL forms (migrations
+/// 0014, 0016), as on a server without the hart_native extension: same roots, bytes, counts.
+fn fresh_plpgsql() -> Box<dyn Store> {
+    let db = std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let db = TestDb::migrated("conformance_plpgsql").await;
+            let native: bool =
+                db.client().await.query_one("SELECT hart_adopt_native(false)", &[]).await.expect("adopt").get(0);
+            assert!(!native, "hart_adopt_native(false) leaves the PL/pgSQL functions in place");
+            db
+        })
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    let store = PgStore::connect(&db.settings).unwrap_or_else(|e| panic!("connecting to {}: {e}", db.name));
+    with_guard(store, db)
+}
+
+mod plpgsql {
+    hart_store::conformance_tests!(super::fresh_plpgsql);
+}
+
 /// The backend stores packs (migration 0012) for composites over leaves, each equal to its
 /// children's values; `cat` reads through them, and a pack that does not match its hash is
 /// read around (the children are read instead) and reported by `fsck`.
