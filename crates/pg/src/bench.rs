@@ -97,14 +97,20 @@ impl Drop for BenchDb {
 const ATOM_COLUMNS: &str = "h_xy, h_yz, h_zm, geom, value, modality, content_hash, ref_count, meta, is_public, \
                             owners, created_at, created_by, updated_at, updated_by, version, leaves";
 
-/// Baseline for bulk loading: binary COPY of every row of `from`'s `atoms` into the (empty,
-/// migrated) `atoms` of `to`, as is: same rows, same table, indexes and triggers. The rows go
-/// through a scratch file first, so only the load into `to` is timed. Returns (rows, time).
+/// Baseline for bulk loading: binary COPY of every row of `from`'s `atoms` (of one modality,
+/// when given) into the (empty, migrated) `atoms` of `to`, as is: same rows, same table,
+/// indexes and triggers. The rows go through a scratch file first, so only the load into `to`
+/// is timed. Returns (rows, time).
 pub fn raw_copy_atoms(
     from: &ConnectionSettings,
     to: &ConnectionSettings,
+    modality: Option<hart_core::Modality>,
     scratch: &Path,
 ) -> Result<(u64, Duration), StoreError> {
+    let filter = match modality {
+        Some(m) => format!("WHERE modality = {}", m.as_u8()),
+        None => String::new(),
+    };
     use futures_util::{SinkExt, StreamExt};
     let rt = runtime()?;
     rt.block_on(async {
@@ -113,7 +119,7 @@ pub fn raw_copy_atoms(
             std::fs::File::create(scratch).map_err(|e| StoreError::io("create", scratch.display().to_string(), e))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
         let stream = src
-            .copy_out(&format!("COPY (SELECT {ATOM_COLUMNS} FROM atoms) TO STDOUT (FORMAT binary)"))
+            .copy_out(&format!("COPY (SELECT {ATOM_COLUMNS} FROM atoms {filter}) TO STDOUT (FORMAT binary)"))
             .await
             .map_err(pg("COPY atoms TO STDOUT"))?;
         let mut stream = std::pin::pin!(stream);
@@ -123,7 +129,11 @@ pub fn raw_copy_atoms(
         }
         w.flush().map_err(|e| StoreError::io("write", scratch.display().to_string(), e))?;
         drop(w);
-        let rows: i64 = src.query_one("SELECT count(*) FROM atoms", &[]).await.map_err(pg("counting atoms"))?.get(0);
+        let rows: i64 = src
+            .query_one(&format!("SELECT count(*) FROM atoms {filter}"), &[])
+            .await
+            .map_err(pg("counting atoms"))?
+            .get(0);
 
         let dst = connect(to).await?;
         let file =
