@@ -5,7 +5,7 @@
  * call these functions when this extension is installed in the database, and the PL/pgSQL
  * forms of migration 0002 otherwise; both give identical answers (crates/pg/tests/hilbert.rs
  * checks both against hart_core on random positions). The PL/pgSQL key check costs ~8 us per
- * inserted atom, a quarter of a bulk load's server time; this one ~0.1 us. Migration 0016's
+ * inserted atom, a quarter of a bulk load's server time; this one ~0.1 us. Migration 0015's
  * merge finds a composite's children with hart_native_line_keys when it is installed.
  *
  * The curve (normative: docs/FORMAT.md, hilbert.rs): 28-bit coordinates, 56-bit indices, a

@@ -52,8 +52,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(12, "leaf_packs", "0012_leaf_packs.sql"),
     migration!(13, "merge_plans", "0013_merge_plans.sql"),
     migration!(14, "native_hilbert", "0014_native_hilbert.sql"),
-    migration!(15, "merge_fast_path", "0015_merge_fast_path.sql"),
-    migration!(16, "merge_by_key", "0016_merge_by_key.sql"),
+    migration!(15, "merge_by_key", "0015_merge_by_key.sql"),
 ];
 
 /// The newest version this build knows.

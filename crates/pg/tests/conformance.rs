@@ -34,7 +34,7 @@ mod fresh {
 }
 
 /// The same suite with the key functions and the merge in their PL/pgSQL forms (migrations
-/// 0014, 0016), as on a server without the hart_native extension: same roots, bytes, counts.
+/// 0014, 0015), as on a server without the hart_native extension: same roots, bytes, counts.
 fn fresh_plpgsql() -> Box<dyn Store> {
     let db = std::thread::spawn(|| {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
