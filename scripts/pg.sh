@@ -134,10 +134,9 @@ install_native() {
     fi
     pkglib="$("$PG_BIN/pg_config" --pkglibdir)"
     share="$("$PG_BIN/pg_config" --sharedir)/extension"
-    # A fixed path: the compiler records it (debug info), and the same sources must build the
-    # same library for the comparison below.
-    build="${TMPDIR:-/tmp}/hart-native-build.$(id -u)"
-    rm -rf "$build" && mkdir -p "$build"
+    # A scratch directory per run (runs for two clusters may overlap); the Makefile keeps its
+    # path out of the library, so the same sources build the same file for the comparison.
+    build="$(mktemp -d)"
     cp "$NATIVE_SRC"/Makefile "$NATIVE_SRC"/hart_native.c "$NATIVE_SRC"/hart_native.control \
         "$NATIVE_SRC"/hart_native--*.sql "$build"/
     if ! make -s -C "$build" PG_CONFIG="$PG_BIN/pg_config" with_llvm=no >"$build/make.log" 2>&1; then

@@ -68,6 +68,10 @@ BEGIN
         CREATE EXTENSION hart_native SCHEMA public;
     END IF;
     native := prefer_native AND EXISTS (SELECT FROM pg_extension WHERE extname = 'hart_native');
+    -- Already so: nothing to replace (replacing would invalidate every session's plans).
+    IF hart_hilbert_native() IS NOT DISTINCT FROM native THEN
+        RETURN native;
+    END IF;
     -- Not STRICT where the body calls a non-strict function (hart_native_key_matches answers
     -- false for NULL coordinates): the planner only inlines a STRICT SQL function whose body
     -- is strict, and an inlined wrapper costs nothing.

@@ -198,8 +198,14 @@ pub async fn migrate(client: &mut Client) -> Result<MigrationReport, MigrateErro
     // lost it) gets the key functions repointed. Idempotent, one short transaction.
     let tx = client.transaction().await.map_err(db("starting a transaction"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await.map_err(db("taking the migration lock"))?;
+    // Only a member of hart_owner (or a superuser) may repoint the functions; anyone else
+    // learns what is in use.
     let native: bool = tx
-        .query_one("SELECT hart_adopt_native()", &[])
+        .query_one(
+            "SELECT CASE WHEN pg_has_role('hart_owner', 'MEMBER') THEN hart_adopt_native() \
+             ELSE coalesce(hart_hilbert_native(), false) END",
+            &[],
+        )
         .await
         .map_err(db("choosing the Hilbert key functions (hart_adopt_native)"))?
         .get(0);
