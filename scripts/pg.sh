@@ -86,11 +86,8 @@ install_packages() {
     # The server, PostGIS, and what builds hart_native (PGXS headers, make, a C compiler).
     local pkgs=("postgresql-${PG_VERSION}" "postgresql-${PG_VERSION}-postgis-3"
         "postgresql-server-dev-${PG_VERSION}" make gcc libc6-dev)
-    local sudo=()
-    if [ "$(id -u)" -ne 0 ]; then
-        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-            sudo=(sudo -n)
-        elif installed; then
+    if [ "$(id -u)" -ne 0 ] && [ "${#SUDO[@]}" -eq 0 ]; then
+        if installed; then
             say "warning: cannot install ${pkgs[*]} as this user; hart_native needs postgresql-server-dev-${PG_VERSION}, make and gcc."
             return 0
         else
@@ -107,13 +104,13 @@ install_packages() {
     # Debian's postgresql-common creates and starts a default cluster on install; we do not
     # want one, so when postgresql-common is not configured yet, tell it not to.
     if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
-        "${sudo[@]}" mkdir -p /etc/postgresql-common
-        echo "create_main_cluster = false" | "${sudo[@]}" tee /etc/postgresql-common/createcluster.conf >/dev/null
+        "${SUDO[@]}" mkdir -p /etc/postgresql-common
+        echo "create_main_cluster = false" | "${SUDO[@]}" tee /etc/postgresql-common/createcluster.conf >/dev/null
     fi
     export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get update -qq >&2 \
+    "${SUDO[@]}" apt-get update -qq >&2 \
         || die "apt-get update failed (see above)." "fix: check network access and /etc/apt/sources.list, then retry."
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${pkgs[@]}" >&2 \
         || die "apt-get install ${pkgs[*]} failed (see above)." \
             "if the packages do not exist on this release, set HART_PG_VERSION to the major version it ships" \

@@ -140,7 +140,7 @@ BEGIN
             ORDER BY s.h_xy, s.h_yz, s.h_zm
             ON CONFLICT (h_xy, h_yz, h_zm) DO NOTHING
             RETURNING a.h_xy, a.h_yz, a.h_zm
-        ), tally AS (
+        ), tally AS MATERIALIZED (  -- counted once (inlined, each use of t.* re-counted)
             SELECT (SELECT count(*) FROM s) AS staged, (SELECT count(*) FROM ins) AS created
         ), kids_of_new AS (
             SELECT k.* FROM kids k
@@ -204,7 +204,7 @@ BEGIN
             ORDER BY s.h_xy, s.h_yz, s.h_zm
             ON CONFLICT (h_xy, h_yz, h_zm) DO NOTHING
             RETURNING a.h_xy, a.h_yz, a.h_zm, a.pt
-        ), tally AS (
+        ), tally AS MATERIALIZED (  -- counted once (inlined, each use of t.* re-counted)
             SELECT (SELECT count(*) FROM s) AS staged, (SELECT count(*) FROM ins) AS created
         ), kids_of_new AS (
             SELECT k.* FROM kids k
