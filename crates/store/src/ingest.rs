@@ -341,8 +341,6 @@ fn finish_file(mut session: Box<dyn crate::Session + '_>, rx: &Receiver<Msg>) ->
     }
 }
 
-/// Files at least this large get their node stage on a thread of its own.
-const PIPELINE_MIN: u64 = 8 << 20;
 /// Leaf occurrences per chunk handed from the leaf stage to the node stage: small enough
 /// that a chunk (48 bytes per leaf) and the encodings hashed from it stay in a core's L2
 /// (measured: 65,536 costs 10-15 % more CPU than 16,384; 8,192 about 3 % less).
@@ -438,25 +436,26 @@ fn decode_file(path: &Path, forced: Option<Modality>, known: &KnownObjects, prog
     if tx.send(Msg::Begin(SourceInfo { uri, modality, size })).is_err() {
         return;
     }
-    if let Err(e) = decode_stream(&mut file, modality, size, progress, tx) {
+    if let Err(e) = decode_stream(&mut file, modality, progress, tx) {
         fail("cannot read", e);
     }
 }
 
 /// Decode everything `reader` yields as one object of `modality` and send its batches, then
 /// its root and summary, to `tx` (after the caller's `Msg::Begin`). A read error is returned
-/// for the caller to report, with the node stage stopped. `size` (when known) only decides
-/// whether the node stage gets a thread of its own.
+/// for the caller to report.
+///
+/// Decoding, the leaf stage and the node stage share the calling thread: the store's writer
+/// is the other busy thread, and on two cores a third (the node stage on a thread of its
+/// own, as before) cost more in handing chunks between cores than it gained (decision 0012).
 fn decode_stream(
     reader: &mut dyn Read,
     modality: Modality,
-    size: Option<u64>,
     progress: &Progress,
     tx: &Sender<Msg>,
 ) -> std::io::Result<()> {
-    let threaded = size.unwrap_or(0) >= PIPELINE_MIN;
-    std::thread::scope(|s| {
-        let mut leaves = LeafStage::new(modality, NodeStage::new(modality, tx.clone()), threaded.then_some(s));
+    {
+        let mut leaves = LeafStage::new(modality, NodeStage::new(modality, tx.clone()));
         let mut decoder = hart_decode::StaticDecoder::for_modality(modality);
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; READ_BLOCK];
@@ -485,7 +484,7 @@ fn decode_stream(
         let summary = ObjectSummary { source_hash: Hash(*hasher.finalize().as_bytes()), size: total, occurrences };
         let _ = tx.send(Msg::End { root, summary });
         Ok(())
-    })
+    }
 }
 
 /// Leaves and group ends handed from the leaf stage to the node stage.
@@ -509,16 +508,9 @@ impl Chunk {
     }
 }
 
-/// Where the leaf stage hands its chunks.
-enum Downstream<'scope> {
-    Inline(Box<NodeStage>),
-    Thread(Sender<Chunk>, Receiver<Chunk>, std::thread::ScopedJoinHandle<'scope, Option<(Hash, u64)>>),
-    Done,
-}
-
 /// First stage: hashes and places leaves (through a cache for leaves that repeat, such as
 /// tokens), records group ends, and sends each new leaf once per file.
-pub struct LeafStage<'scope> {
+pub struct LeafStage {
     modality: Modality,
     grouped: bool,
     chunk: Chunk,
@@ -526,9 +518,13 @@ pub struct LeafStage<'scope> {
     /// Recent tokens of up to [`SHORT_TOKEN`] bytes, and longer ones.
     short: Vec<ShortToken>,
     short_len: Vec<u8>,
+    /// Every short token identified during this file (bounded): a token that lost its slot
+    /// to another is found here rather than hashed again.
+    short_seen: FxHashMap<([u64; 2], u8), Child>,
     leaf_cache: FxHashMap<u64, CachedLeaf>,
     occurrences: u64,
-    down: Downstream<'scope>,
+    /// Where chunks go; None once the store side went away or the input failed.
+    nodes: Option<Box<NodeStage>>,
     closed: bool,
 }
 
@@ -590,33 +586,8 @@ struct CachedLeaf {
     child: Child,
 }
 
-impl<'scope> LeafStage<'scope> {
-    /// With a scope, the node stage runs on a thread of its own.
-    fn new<'env>(
-        modality: Modality,
-        nodes: NodeStage,
-        scope: Option<&'scope std::thread::Scope<'scope, 'env>>,
-    ) -> Self {
-        let down = match scope {
-            None => Downstream::Inline(Box::new(nodes)),
-            Some(s) => {
-                let (tx, rx) = bounded::<Chunk>(2);
-                // Emptied chunks come back, so their buffers are reused rather than
-                // allocated (and faulted in) again for every chunk.
-                let (back_tx, back_rx) = bounded::<Chunk>(3);
-                let handle = s.spawn(move || {
-                    let mut nodes = nodes;
-                    for mut chunk in rx {
-                        if !nodes.consume(&mut chunk) {
-                            return None;
-                        }
-                        let _ = back_tx.try_send(chunk);
-                    }
-                    nodes.finish()
-                });
-                Downstream::Thread(tx, back_rx, handle)
-            }
-        };
+impl LeafStage {
+    fn new(modality: Modality, nodes: NodeStage) -> Self {
         LeafStage {
             modality,
             grouped: modality != Modality::Binary,
@@ -624,9 +595,10 @@ impl<'scope> LeafStage<'scope> {
             emitted: SentSet::new(),
             short: if modality == Modality::Binary { Vec::new() } else { vec![NO_TOKEN; SHORT_SLOTS] },
             short_len: if modality == Modality::Binary { Vec::new() } else { vec![NO_LEN; SHORT_SLOTS] },
+            short_seen: FxHashMap::default(),
             leaf_cache: FxHashMap::default(),
             occurrences: 0,
-            down,
+            nodes: Some(Box::new(nodes)),
             closed: false,
         }
     }
@@ -646,10 +618,21 @@ impl<'scope> LeafStage<'scope> {
             if self.short_len[i] == len && self.short[i].words == words {
                 return (self.short[i].child, false);
             }
+            // A token that lost its slot to another one: seen (and sent) already.
+            if let Some(&child) = self.short_seen.get(&(words, len)) {
+                self.short[i] = ShortToken { words, child };
+                self.short_len[i] = len;
+                return (child, false);
+            }
             let (hash, pos) = leaf_identity(self.modality, value);
             let child = Child { hash, pos };
-            // The token may have been sent before it lost its slot: ask the other cache.
+            // The token may have been sent before the seen map was last cleared: ask the
+            // other cache.
             let send = self.emitted.insert(hash);
+            if self.short_seen.len() >= LEAF_CACHE_MAX {
+                self.short_seen.clear();
+            }
+            self.short_seen.insert((words, len), child);
             self.short[i] = ShortToken { words, child };
             self.short_len[i] = len;
             return (child, send);
@@ -687,13 +670,9 @@ impl<'scope> LeafStage<'scope> {
         if self.chunk.kids.is_empty() && self.chunk.batch.is_empty() {
             return;
         }
-        let ok = match &mut self.down {
-            Downstream::Inline(nodes) => nodes.consume(&mut self.chunk),
-            Downstream::Thread(tx, back, _) => {
-                let fresh = back.try_recv().unwrap_or_else(|_| Chunk::with_capacity());
-                tx.send(std::mem::replace(&mut self.chunk, fresh)).is_ok()
-            }
-            Downstream::Done => false,
+        let ok = match &mut self.nodes {
+            Some(nodes) => nodes.consume(&mut self.chunk),
+            None => false,
         };
         self.closed |= !ok;
     }
@@ -702,24 +681,17 @@ impl<'scope> LeafStage<'scope> {
     /// went away.
     fn finish(&mut self) -> Option<(Hash, u64)> {
         self.hand_off();
-        let (root, nodes) = match std::mem::replace(&mut self.down, Downstream::Done) {
-            Downstream::Inline(nodes) => nodes.finish()?,
-            Downstream::Thread(tx, _, handle) => {
-                drop(tx);
-                handle.join().ok()??
-            }
-            Downstream::Done => return None,
-        };
+        let (root, nodes) = self.nodes.take()?.finish()?;
         Some((root, self.occurrences + nodes))
     }
 
-    /// Stop without a root (input error): let the node stage's thread end.
+    /// Stop without a root (input error).
     fn abandon(&mut self) {
-        self.down = Downstream::Done;
+        self.nodes = None;
     }
 }
 
-impl LeafSink for LeafStage<'_> {
+impl LeafSink for LeafStage {
     /// The common case inline (a token in the short cache, already sent): one table probe
     /// and a push; everything else out of line.
     #[inline]
@@ -754,7 +726,7 @@ impl LeafSink for LeafStage<'_> {
     }
 }
 
-impl LeafStage<'_> {
+impl LeafStage {
     /// A token already in the short cache and already sent: count it and push its child.
     #[inline(always)]
     fn short_hit(&mut self, words: [u64; 2], len: usize) -> bool {
@@ -955,7 +927,7 @@ pub fn ingest_bytes(store: &dyn Store, uri: &str, modality: Modality, data: &[u8
 }
 
 /// Ingest one object read from `reader` (a pipe, another store's `cat`, …) under `source`.
-/// Decoding runs on a thread of its own (two when `source.size` is large), the store's writes
+/// Decoding runs on a thread of its own, the store's writes
 /// on the calling thread, through a bounded channel: memory stays bounded whatever the size.
 /// A read error aborts the ingestion (its log entry is marked failed) and comes back as
 /// [`StoreError::Invalid`]; `reader` is dropped before this returns, so a writer feeding it
@@ -968,10 +940,10 @@ pub fn ingest_reader(
 ) -> Result<ObjectInfo, StoreError> {
     let (tx, rx) = bounded(CHANNEL_DEPTH);
     let result = std::thread::scope(|s| {
-        let (uri, modality, size) = (source.uri.clone(), source.modality, source.size);
+        let (uri, modality) = (source.uri.clone(), source.modality);
         s.spawn(move || {
             if tx.send(Msg::Begin(source)).is_ok() {
-                if let Err(e) = decode_stream(&mut reader, modality, size, progress, &tx) {
+                if let Err(e) = decode_stream(&mut reader, modality, progress, &tx) {
                     let _ = tx.send(Msg::Error(format!("cannot read {uri}: {e}")));
                 }
             }
