@@ -79,11 +79,10 @@ pub fn encode_leaf(buf: &mut Vec<u8>, modality: u8, value: &[u8]) {
 }
 
 pub fn encode_node(buf: &mut Vec<u8>, own: u64, modality: u8, hash: &Hash, pos: &Position, children: &[u64]) {
-    // Sized exactly (plus the slack of the word-at-a-time varint writes), written by index,
-    // cut to length: one capacity check instead of one per byte, and few bytes zeroed first.
+    // Sized for the longest encoding, written by index, cut to length: one capacity check
+    // instead of one per byte.
     let start = buf.len();
-    let len = 50 + varint::len(children.len() as u64) + children.iter().map(|&c| varint::len(own - c)).sum::<usize>();
-    buf.resize(start + len + varint::MAX_LEN, 0);
+    buf.resize(start + 50 + varint::MAX_LEN * (children.len() + 1), 0);
     let out = &mut buf[start..];
     out[0] = NODE;
     out[1] = modality;
@@ -93,11 +92,8 @@ pub fn encode_node(buf: &mut Vec<u8>, own: u64, modality: u8, hash: &Hash, pos: 
     }
     let mut p = 50;
     p += varint::write(&mut out[p..], children.len() as u64);
-    for &c in children {
-        debug_assert!(c < own);
-        p += varint::write(&mut out[p..], own - c);
-    }
-    debug_assert_eq!(p, len);
+    debug_assert!(children.iter().all(|&c| c < own));
+    p += varint::write_deltas(&mut out[p..], own, children);
     buf.truncate(start + p);
 }
 

@@ -22,6 +22,44 @@ pub fn write(out: &mut [u8], v: u64) -> usize {
     write_slow(out, v)
 }
 
+/// Encode `own - c` for every `c` of `children`, one after another, at the start of `out` (at
+/// least [`MAX_LEN`] bytes per value); returns the bytes used. Bytes of `out` past them may
+/// be overwritten. A composite's children are written this way, ~30 per line of text.
+#[inline]
+pub fn write_deltas(out: &mut [u8], own: u64, children: &[u64]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("bmi2") && std::is_x86_feature_detected!("lzcnt") {
+        // SAFETY: the CPU has BMI2 and LZCNT, checked just above.
+        return unsafe { write_deltas_bmi2(out, own, children) };
+    }
+    let mut p = 0;
+    for &c in children {
+        p += write(&mut out[p..], own - c);
+    }
+    p
+}
+
+/// [`write_deltas`] with one `pdep` spreading a value's 7-bit groups a byte apart (instead of
+/// eight shifts and masks per value).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi2,lzcnt")]
+unsafe fn write_deltas_bmi2(out: &mut [u8], own: u64, children: &[u64]) -> usize {
+    use std::arch::x86_64::_pdep_u64;
+    let mut p = 0;
+    for &c in children {
+        let v = own - c;
+        if v < 1 << 56 {
+            let n = len(v);
+            let x = _pdep_u64(v, 0x7f7f_7f7f_7f7f_7f7f) | CONTINUATION[n];
+            out[p..p + 8].copy_from_slice(&x.to_le_bytes());
+            p += n;
+        } else {
+            p += write_slow(&mut out[p..], v);
+        }
+    }
+    p
+}
+
 /// Bytes in the encoding of `v`.
 #[inline(always)]
 pub fn len(v: u64) -> usize {
@@ -86,8 +124,18 @@ mod tests {
             let n = super::write(&mut w, v);
             prop_assert_eq!(&w[..n], &b[..]);
             prop_assert_eq!(super::len(v), b.len());
-            // Small values too (the fast path), whatever the bytes around them.
             let small = v >> (v % 64);
+            // Several at once, as a composite's children are written (deltas from `own`).
+            let kids = [0, v / 3, v / 2, v - small.min(v), v];
+            let own = v;
+            let mut want = Vec::new();
+            for &k in &kids {
+                super::put(&mut want, own - k);
+            }
+            let mut got = vec![0x55u8; kids.len() * super::MAX_LEN];
+            let n = super::write_deltas(&mut got, own, &kids);
+            prop_assert_eq!(&got[..n], &want[..]);
+            // Small values too (the fast path), whatever the bytes around them.
             let mut b = Vec::new();
             super::put(&mut b, small);
             let n = super::write(&mut w, small);
