@@ -473,6 +473,9 @@ impl<const K: usize> Run<K> {
 const LEVEL_BASE: usize = 1 << 18;
 /// Runs of one level merged together.
 const FANOUT: usize = 4;
+/// Runs at which a lazy [`Runs::add`] merges anyway, so that checkpoints alone (many small
+/// ingests) never pile up runs.
+pub const LAZY_RUNS: usize = 3 * FANOUT;
 /// Bits per key of the global bloom when it is (re)built.
 const GLOBAL_BITS_PER_KEY: u64 = 8;
 /// The global bloom knows keys by their first bytes: for the hash index these are the
@@ -602,12 +605,17 @@ impl<const K: usize> Runs<K> {
     /// level, [`FANOUT`] at a time. `keep(offset)` says which entries survive a merge.
     /// Returns the paths of runs merged away (delete them once the manifest no longer lists
     /// them).
+    ///
+    /// With `lazy`, merges wait for a later call unless [`LAZY_RUNS`] runs are there: a
+    /// checkpoint, which ends every ingest, then does not pay for a merge that the next spill
+    /// can do as well.
     pub fn add(
         &mut self,
         dir: &Path,
         next_id: &mut u64,
         entries: Vec<([u8; K], u64)>,
         keep: &dyn Fn(u64) -> bool,
+        lazy: bool,
     ) -> Result<Vec<PathBuf>, StoreError> {
         let mut obsolete = Vec::new();
         if entries.is_empty() {
@@ -622,6 +630,9 @@ impl<const K: usize> Runs<K> {
         *next_id += 1;
         let n = entries.len();
         self.runs.push(Run::write(dir, id, self.prefix, n, entries.into_iter())?);
+        if lazy && self.runs.len() < LAZY_RUNS {
+            return Ok(obsolete);
+        }
         loop {
             let n = self.runs.len();
             let fanout = self.fanout;
@@ -711,7 +722,7 @@ mod tests {
                 (0..1000u64).map(|i| (((i * 7919 + round) % 5000).to_be_bytes(), round * 1000 + i)).collect();
             entries.sort();
             all.extend(entries.clone());
-            for p in runs.add(dir.path(), &mut next, entries, &|_| true).unwrap() {
+            for p in runs.add(dir.path(), &mut next, entries, &|_| true, false).unwrap() {
                 std::fs::remove_file(p).unwrap();
             }
         }
@@ -727,6 +738,34 @@ mod tests {
         assert!(out.is_empty());
         let reopened: Runs<8> = Runs::open(dir.path(), "t", &runs.ids()).unwrap();
         assert_eq!(reopened.entries(), runs.entries());
+    }
+
+    /// Lazy adds (checkpoints) leave merging to a later add, but never hold more than
+    /// LAZY_RUNS runs; an eager add then merges what waited.
+    #[test]
+    fn lazy_adds_merge_later_and_stay_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut runs: Runs<8> = Runs::new("t");
+        let mut next = 1;
+        let batch = |round: u64| -> Vec<([u8; 8], u64)> {
+            let mut e: Vec<([u8; 8], u64)> =
+                (0..100u64).map(|i| ((i * 31 + round).to_be_bytes(), round * 100 + i)).collect();
+            e.sort();
+            e
+        };
+        for round in 0..(LAZY_RUNS as u64 + 5) {
+            for p in runs.add(dir.path(), &mut next, batch(round), &|_| true, true).unwrap() {
+                std::fs::remove_file(p).unwrap();
+            }
+            assert!(runs.runs.len() <= LAZY_RUNS, "{} runs after lazy add {round}", runs.runs.len());
+            if round < LAZY_RUNS as u64 - 1 {
+                assert_eq!(runs.runs.len(), round as usize + 1, "a lazy add merged early");
+            }
+        }
+        let before = runs.entries();
+        runs.add(dir.path(), &mut next, batch(999), &|_| true, false).unwrap();
+        assert!(runs.runs.len() < FANOUT, "{} runs after an eager add", runs.runs.len());
+        assert_eq!(runs.entries(), before + 100);
     }
 
     /// The interpolated search agrees with a binary search over the sorted entries, for keys

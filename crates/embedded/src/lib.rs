@@ -786,7 +786,7 @@ impl Inner {
         let r = if self.log.end().global().saturating_sub(self.checkpointed_at) >= CHECKPOINT_BYTES {
             self.checkpoint()
         } else if self.d.hmem.len() >= MEM_LIMIT || self.d.kmem.len() >= MEM_LIMIT {
-            self.spill()
+            self.spill(false)
         } else {
             Ok(())
         };
@@ -795,7 +795,8 @@ impl Inner {
 
     /// Move the memtables into runs. Nothing is fsynced and no manifest changes: the runs are
     /// derived from the log and become part of the durable state at the next checkpoint.
-    fn spill(&mut self) -> Result<(), StoreError> {
+    /// `lazy`: leave merging to a later spill (see [`Runs::add`]).
+    fn spill(&mut self, lazy: bool) -> Result<(), StoreError> {
         self.check()?;
         self.log.write_frame()?;
         let index_dir = self.dir.join("index");
@@ -812,13 +813,13 @@ impl Inner {
             let mut e: Vec<([u8; 16], u64)> =
                 d.hmem.iter().filter(|(_, &o)| keep(o)).map(|(h, &o)| (h.0[..16].try_into().expect("16"), o)).collect();
             e.sort_unstable();
-            pending_delete.extend(hruns.add(&index_dir, &mut next, e, &keep)?);
+            pending_delete.extend(hruns.add(&index_dir, &mut next, e, &keep, lazy)?);
         }
         if !d.kmem.is_empty() {
             let mut e: Vec<([u8; 8], u64)> =
                 d.kmem.iter().filter(|(_, &o)| keep(o)).map(|(k, &o)| (k.h_xy.to_be_bytes(), o)).collect();
             e.sort_unstable();
-            pending_delete.extend(kruns.add(&index_dir, &mut next, e, &keep)?);
+            pending_delete.extend(kruns.add(&index_dir, &mut next, e, &keep, lazy)?);
         }
         self.manifest.next_run = next;
         self.d.hmem.clear();
@@ -839,7 +840,7 @@ impl Inner {
         let pending = self.log.start_sync()?;
         let (synced, spilled) = std::thread::scope(|s| {
             let sync = pending.as_ref().map(|p| s.spawn(move || p.wait()));
-            let spilled = self.spill();
+            let spilled = self.spill(true);
             (sync.map_or(Ok(()), |t| t.join().expect("the log sync panicked")), spilled)
         });
         synced?;
