@@ -22,6 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Ops per batch handed to the store.
 const BATCH_OPS: usize = 8192;
+/// Composites' children per batch handed to the store (at most; a batch also ends at
+/// [`BATCH_OPS`] atoms).
+const BATCH_KIDS: usize = 32_768;
 /// Batches in flight per file.
 const CHANNEL_DEPTH: usize = 4;
 /// Read size.
@@ -771,6 +774,10 @@ pub struct NodeStage {
     /// Encodings of the chunk's lines, hashed together, and their hashes.
     msgs: Messages,
     hashes: Vec<Hash>,
+    /// Atoms not sent yet: a batch goes to the store once it holds [`BATCH_KIDS`] children or
+    /// [`BATCH_OPS`] atoms, so that the store's per-batch work (settling the references its
+    /// atoms gathered) is shared by a few chunks.
+    pending: Batch,
 }
 
 impl NodeStage {
@@ -785,6 +792,7 @@ impl NodeStage {
             tx,
             msgs: Messages::new(),
             hashes: Vec::new(),
+            pending: Batch::default(),
         }
     }
 
@@ -797,7 +805,13 @@ impl NodeStage {
     /// input order.
     /// The chunk's batch is sent on; its other buffers are left empty for reuse.
     fn consume(&mut self, chunk: &mut Chunk) -> bool {
-        let mut batch = std::mem::take(&mut chunk.batch);
+        let mut batch = if self.pending.is_empty() {
+            std::mem::take(&mut chunk.batch)
+        } else {
+            self.pending.append(&chunk.batch);
+            chunk.batch.clear();
+            std::mem::take(&mut self.pending)
+        };
         let (kids, ends) = (&chunk.kids, &chunk.ends);
         {
             let NodeStage { emitted, occurrences, tree, group, grouped, modality, msgs, hashes, .. } = self;
@@ -849,13 +863,17 @@ impl NodeStage {
         }
         chunk.kids.clear();
         chunk.ends.clear();
-        batch.is_empty() || self.tx.send(Msg::Batch(batch)).is_ok()
+        if batch.kids.len() < BATCH_KIDS && batch.len() < BATCH_OPS {
+            self.pending = batch;
+            return true;
+        }
+        self.tx.send(Msg::Batch(batch)).is_ok()
     }
 
     /// Close the tree: the root (the empty leaf for an empty object) and the composites'
     /// occurrences.
     fn finish(mut self) -> Option<(Hash, u64)> {
-        let mut batch = Batch::default();
+        let mut batch = std::mem::take(&mut self.pending);
         let root = {
             let modality = self.modality;
             let NodeStage { emitted, occurrences, tree, group, .. } = &mut self;

@@ -60,6 +60,17 @@ impl Batch {
         self.ops.push(Op { kind: AtomKind::Node, modality, hash, pos, start, len });
     }
 
+    /// Append `other`'s atoms after this batch's.
+    pub fn append(&mut self, other: &Batch) {
+        let (bytes, kids) = (self.bytes.len() as u32, self.kids.len() as u32);
+        self.ops.extend(other.ops.iter().map(|op| {
+            let base = if op.kind == AtomKind::Leaf { bytes } else { kids };
+            Op { start: op.start + base, ..*op }
+        }));
+        self.bytes.extend_from_slice(&other.bytes);
+        self.kids.extend_from_slice(&other.kids);
+    }
+
     pub fn value(&self, op: &Op) -> &[u8] {
         &self.bytes[op.start as usize..(op.start + op.len) as usize]
     }
@@ -271,5 +282,31 @@ impl<K: std::hash::Hash + Eq + Copy, V: Copy> BoundedMap<K, V> {
     pub fn clear(&mut self) {
         self.young.clear();
         self.old.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appended_batches_keep_their_values_and_children() {
+        let pos = Position { x: 1, y: 2, z: 3, m: 4 };
+        let h = |b: u8| Hash([b; 32]);
+        let mut a = Batch::default();
+        a.push_leaf(Modality::Text, h(1), pos, b"one");
+        a.push_node(Modality::Text, h(2), pos, [h(1), h(1)]);
+        let mut b = Batch::default();
+        b.push_leaf(Modality::Text, h(3), pos, b"three");
+        b.push_node(Modality::Text, h(4), pos, [h(3), h(2), h(1)]);
+        b.push_leaf(Modality::Text, h(5), pos, b"5");
+        a.append(&b);
+        assert_eq!(a.len(), 5);
+        let values: Vec<&[u8]> = a.ops.iter().filter(|o| o.kind == AtomKind::Leaf).map(|o| a.value(o)).collect();
+        assert_eq!(values, [&b"one"[..], b"three", b"5"]);
+        let kids: Vec<Vec<Hash>> =
+            a.ops.iter().filter(|o| o.kind == AtomKind::Node).map(|o| a.children(o).to_vec()).collect();
+        assert_eq!(kids, [vec![h(1), h(1)], vec![h(3), h(2), h(1)]]);
+        assert_eq!(a.ops.iter().map(|o| o.hash).collect::<Vec<_>>(), [h(1), h(2), h(3), h(4), h(5)]);
     }
 }
