@@ -142,8 +142,13 @@ pub fn file_uri(path: &Path) -> String {
 /// Messages from a decoding worker to the store thread, for one file.
 enum Msg {
     Begin(SourceInfo),
-    Batch(Batch),
-    End { root: Hash, summary: ObjectSummary },
+    /// Atoms to put, and where to return the emptied batch for reuse (its buffers keep their
+    /// capacity, so they are not allocated and faulted in again for every batch).
+    Batch(Batch, Sender<Batch>),
+    End {
+        root: Hash,
+        summary: ObjectSummary,
+    },
     Error(String),
 }
 
@@ -324,11 +329,12 @@ fn begin_file<'a>(store: &'a dyn Store, rx: &Receiver<Msg>) -> Result<Box<dyn cr
 fn finish_file(mut session: Box<dyn crate::Session + '_>, rx: &Receiver<Msg>) -> Result<ObjectInfo, FileError> {
     loop {
         match rx.recv() {
-            Ok(Msg::Batch(b)) => {
+            Ok(Msg::Batch(b, back)) => {
                 if let Err(e) = session.put(&b) {
                     let _ = session.abort(&e.to_string());
                     return Err(FileError::Store(e));
                 }
+                let _ = back.try_send(b);
             }
             Ok(Msg::End { root, summary }) => return session.commit(&root, &summary).map_err(FileError::Store),
             Ok(Msg::Error(e)) => {
@@ -778,10 +784,14 @@ pub struct NodeStage {
     /// [`BATCH_OPS`] atoms, so that the store's per-batch work (settling the references its
     /// atoms gathered) is shared by a few chunks.
     pending: Batch,
+    /// Batches the store has emptied, for reuse.
+    spare_tx: Sender<Batch>,
+    spare_rx: Receiver<Batch>,
 }
 
 impl NodeStage {
     fn new(modality: Modality, tx: Sender<Msg>) -> Self {
+        let (spare_tx, spare_rx) = bounded(2);
         NodeStage {
             modality,
             grouped: modality != Modality::Binary,
@@ -793,6 +803,8 @@ impl NodeStage {
             msgs: Messages::new(),
             hashes: Vec::new(),
             pending: Batch::default(),
+            spare_tx,
+            spare_rx,
         }
     }
 
@@ -806,7 +818,8 @@ impl NodeStage {
     /// The chunk's batch is sent on; its other buffers are left empty for reuse.
     fn consume(&mut self, chunk: &mut Chunk) -> bool {
         let mut batch = if self.pending.is_empty() {
-            std::mem::take(&mut chunk.batch)
+            let spare = self.spare();
+            std::mem::replace(&mut chunk.batch, spare)
         } else {
             self.pending.append(&chunk.batch);
             chunk.batch.clear();
@@ -867,7 +880,14 @@ impl NodeStage {
             self.pending = batch;
             return true;
         }
-        self.tx.send(Msg::Batch(batch)).is_ok()
+        self.tx.send(Msg::Batch(batch, self.spare_tx.clone())).is_ok()
+    }
+
+    /// An emptied batch back from the store, or a new one.
+    fn spare(&self) -> Batch {
+        let mut b = self.spare_rx.try_recv().unwrap_or_default();
+        b.clear();
+        b
     }
 
     /// Close the tree: the root (the empty leaf for an empty object) and the composites'
@@ -893,7 +913,7 @@ impl NodeStage {
                 hash
             }
         };
-        if !batch.is_empty() && self.tx.send(Msg::Batch(batch)).is_err() {
+        if !batch.is_empty() && self.tx.send(Msg::Batch(batch, self.spare_tx.clone())).is_err() {
             return None;
         }
         Some((root, self.occurrences))
