@@ -149,12 +149,6 @@ impl Bloom {
         self.keys > self.capacity
     }
 
-    /// Forget every key (the memory stays).
-    pub fn clear(&mut self) {
-        self.blocks.fill(Block([0; BLOCK_WORDS]));
-        self.keys = 0;
-    }
-
     pub fn memory(&self) -> usize {
         self.blocks.len() * std::mem::size_of::<Block>()
     }

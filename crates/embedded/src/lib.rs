@@ -16,6 +16,7 @@
 
 mod index;
 mod log;
+mod memtable;
 mod record;
 mod state;
 mod varint;
@@ -29,7 +30,6 @@ use hart_store::{
 use index::Runs;
 use log::{Log, LogPos};
 use record::Rec;
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use state::{ObjEntry, State, DEAD};
 use std::io::{BufWriter, Write};
@@ -247,15 +247,6 @@ pub struct EmbeddedStore {
     _lock: Option<std::fs::File>,
 }
 
-/// The memtables' bloom filter (see `Derived::mbloom`).
-struct MemBloom(index::Bloom);
-
-impl Default for MemBloom {
-    fn default() -> Self {
-        MemBloom(index::Bloom::with_capacity(MEM_RESERVE, 8))
-    }
-}
-
 #[inline]
 fn prefix_hashes(hash: &Hash) -> (u64, u64) {
     index::slice_hashes(&hash.0[..8])
@@ -264,13 +255,8 @@ fn prefix_hashes(hash: &Hash) -> (u64, u64) {
 /// Everything derived from the log.
 #[derive(Default)]
 struct Derived {
-    hmem: FxHashMap<Hash, u64>,
-    kmem: FxHashMap<HilbertKey, u64>,
-    /// Every first eight hash bytes put in the memtables since the last spill. A key collision
-    /// implies equal first eight hash bytes, so when this says "absent", neither memtable can
-    /// answer the writer's probe and both lookups (cache misses in tables of 400 K entries)
-    /// are skipped.
-    mbloom: MemBloom,
+    /// Atoms indexed since the last spill, by hash and by key.
+    mem: memtable::MemTable,
     state: State,
     /// Reused buffer for a composite's distinct children.
     kids: Vec<u64>,
@@ -345,15 +331,11 @@ impl Derived {
     /// Index a new atom by hash and by key.
     #[inline]
     fn index(&mut self, off: u64, hash: Hash, key: &HilbertKey) {
-        self.mbloom.0.insert(prefix_hashes(&hash));
-        self.hmem.insert(hash, off);
-        self.kmem.insert(*key, off);
+        self.mem.insert(hash, *key, off);
     }
 
     fn leaf(&mut self, off: u64, modality: Modality, value: &[u8], hash: Hash, pos: &Position) {
-        self.mbloom.0.insert(prefix_hashes(&hash));
-        self.hmem.insert(hash, off);
-        self.kmem.insert(HilbertKey::new(modality, pos), off);
+        self.mem.insert(hash, HilbertKey::new(modality, pos), off);
         self.state.created(off);
         let c = self.state.counters.at(modality.as_u8());
         c.leaves += 1;
@@ -371,9 +353,7 @@ impl Derived {
         children: &mut dyn Iterator<Item = u64>,
         before: u64,
     ) -> Result<u64, String> {
-        self.mbloom.0.insert(prefix_hashes(&hash));
-        self.hmem.insert(hash, off);
-        self.kmem.insert(HilbertKey::new(modality, pos), off);
+        self.mem.insert(hash, HilbertKey::new(modality, pos), off);
         self.state.created(off);
         self.state.counters.at(modality.as_u8()).composites += 1;
         let mut kids = std::mem::take(&mut self.kids);
@@ -404,17 +384,17 @@ impl Derived {
         }
         let bytes = log.at(off).ok_or_else(|| corrupt(log.dir(), off, "gc of an atom outside the log"))?;
         let (rec, len) = record::decode(bytes, off).ok_or_else(|| corrupt(log.dir(), off, "undecodable record"))?;
-        let (modality, hash, pos) = match rec {
+        // The memtable keeps its entry: lookups skip dead atoms, spills drop them, and storing
+        // the atom again replaces it.
+        match rec {
             Rec::Leaf { modality, value } => {
-                let m = Modality::from_u8(modality).map_err(|e| corrupt(log.dir(), off, e.to_string()))?;
+                Modality::from_u8(modality).map_err(|e| corrupt(log.dir(), off, e.to_string()))?;
                 let c = self.state.counters.at(modality);
                 c.leaves -= 1;
                 c.leaf_bytes -= value.len() as u64;
-                let (h, p) = leaf_identity(m, value);
-                (m, h, p)
             }
-            Rec::Node { modality, hash, pos, children } => {
-                let m = Modality::from_u8(modality).map_err(|e| corrupt(log.dir(), off, e.to_string()))?;
+            Rec::Node { modality, children, .. } => {
+                Modality::from_u8(modality).map_err(|e| corrupt(log.dir(), off, e.to_string()))?;
                 self.state.counters.at(modality).composites -= 1;
                 let mut kids: Vec<u64> = children.collect();
                 kids.sort_unstable();
@@ -426,16 +406,8 @@ impl Derived {
                         None => return Err(corrupt(log.dir(), k, "reference count would go below zero")),
                     }
                 }
-                (m, hash, pos)
             }
             _ => return Err(corrupt(log.dir(), off, "gc of a record that is not an atom")),
-        };
-        if self.hmem.get(&hash) == Some(&off) {
-            self.hmem.remove(&hash);
-        }
-        let key = HilbertKey::new(modality, &pos);
-        if self.kmem.get(&key) == Some(&off) {
-            self.kmem.remove(&key);
         }
         self.state.refs.insert(off, DEAD);
         self.state.counters.dead_atoms += 1;
@@ -623,7 +595,7 @@ impl Inner {
     }
 
     fn find_hash_via(&self, hash: &Hash, positioned: bool) -> Result<Option<u64>, StoreError> {
-        if let Some(&o) = self.d.hmem.get(hash) {
+        if let Some(o) = self.d.mem.get(hash) {
             if !self.d.state.is_dead(o) {
                 return Ok(Some(o));
             }
@@ -647,15 +619,16 @@ impl Inner {
     /// that is equal first eight hash bytes, so the hash index answers both at once.
     fn probe(&self, hash: &Hash, key: &HilbertKey) -> Result<Probe, StoreError> {
         let live = |o: &u64| !self.d.state.is_dead(*o);
-        let h = prefix_hashes(hash);
-        if self.d.mbloom.0.contains(h) {
-            if let Some(&o) = self.d.hmem.get(hash).filter(|o| live(o)) {
-                return Ok(Probe::Found(o));
+        // Both the atom itself and any atom on its key share its hash's first eight bytes.
+        for e in self.d.mem.with_prefix(hash.prefix_u64()) {
+            if e.hash == *hash && live(&e.off) {
+                return Ok(Probe::Found(e.off));
             }
-            if let Some(&o) = self.d.kmem.get(key).filter(|o| live(o)) {
-                return Ok(Probe::Collision(o));
+            if e.key == *key && live(&e.off) {
+                return Ok(Probe::Collision(e.off));
             }
         }
+        let h = prefix_hashes(hash);
         let prefix = hash.0[..8].try_into().expect("8");
         if !self.hruns.may_contain_hashed(h) {
             return Ok(Probe::New);
@@ -681,10 +654,8 @@ impl Inner {
     /// Log offset of the live atom with this Hilbert key, with its hash and position when the
     /// lookup derived them to verify the key (atoms found in the memtable are not verified).
     fn find_key(&self, key: &HilbertKey) -> Result<Option<KeyHit>, StoreError> {
-        if let Some(&o) = self.d.kmem.get(key) {
-            if !self.d.state.is_dead(o) {
-                return Ok(Some((o, None)));
-            }
+        if let Some(o) = self.d.mem.get_key(key, |o| !self.d.state.is_dead(o)) {
+            return Ok(Some((o, None)));
         }
         let mut cand = Vec::new();
         self.kruns.find(&key.h_xy.to_be_bytes(), &mut cand);
@@ -706,9 +677,8 @@ impl Inner {
     #[inline]
     fn prefetch(&self, batch: &Batch, op: &Op) {
         self.hot.prefetch(&op.hash, false);
-        let h = prefix_hashes(&op.hash);
-        self.d.mbloom.0.prefetch(h);
-        self.hruns.prefetch_hashed(h);
+        self.d.mem.prefetch(&op.hash);
+        self.hruns.prefetch_hashed(prefix_hashes(&op.hash));
         if op.kind == AtomKind::Node {
             for c in batch.children(op) {
                 self.hot.prefetch(c, true);
@@ -785,7 +755,7 @@ impl Inner {
     fn maybe_checkpoint(&mut self) -> Result<(), StoreError> {
         let r = if self.log.end().global().saturating_sub(self.checkpointed_at) >= CHECKPOINT_BYTES {
             self.checkpoint()
-        } else if self.d.hmem.len() >= MEM_LIMIT || self.d.kmem.len() >= MEM_LIMIT {
+        } else if self.d.mem.len() >= MEM_LIMIT {
             self.spill(false)
         } else {
             Ok(())
@@ -809,22 +779,19 @@ impl Inner {
         // entry lists and both merges' buffers together, which a 2 GiB ingest cannot afford
         // under its 256 MiB.
         let mut next = manifest.next_run;
-        if !d.hmem.is_empty() {
-            let mut e: Vec<([u8; 16], u64)> =
-                d.hmem.iter().filter(|(_, &o)| keep(o)).map(|(h, &o)| (h.0[..16].try_into().expect("16"), o)).collect();
+        let live = || d.mem.entries().iter().filter(|e| keep(e.off));
+        if !d.mem.is_empty() {
+            let mut e: Vec<([u8; 16], u64)> = live().map(|e| (e.hash.0[..16].try_into().expect("16"), e.off)).collect();
             e.sort_unstable();
             pending_delete.extend(hruns.add(&index_dir, &mut next, e, &keep, lazy)?);
         }
-        if !d.kmem.is_empty() {
-            let mut e: Vec<([u8; 8], u64)> =
-                d.kmem.iter().filter(|(_, &o)| keep(o)).map(|(k, &o)| (k.h_xy.to_be_bytes(), o)).collect();
+        if !d.mem.is_empty() {
+            let mut e: Vec<([u8; 8], u64)> = live().map(|e| (e.key.h_xy.to_be_bytes(), e.off)).collect();
             e.sort_unstable();
             pending_delete.extend(kruns.add(&index_dir, &mut next, e, &keep, lazy)?);
         }
         self.manifest.next_run = next;
-        self.d.hmem.clear();
-        self.d.kmem.clear();
-        self.d.mbloom.0.clear();
+        self.d.mem.clear();
         self.log.release_pages();
         self.hruns.release_pages();
         self.kruns.release_pages();
@@ -1024,8 +991,7 @@ impl EmbeddedStore {
         })?;
         if writable {
             inner.hruns.build_global()?;
-            inner.d.hmem.reserve(MEM_RESERVE);
-            inner.d.kmem.reserve(MEM_RESERVE);
+            inner.d.mem.reserve(MEM_RESERVE);
             inner.log.truncate_and_open_for_append(end)?;
             inner.recover_interrupted()?;
             inner.remove_orphans();
@@ -1059,11 +1025,7 @@ impl EmbeddedStore {
     /// Memory the engine's in-memory structures take (approximate, bytes).
     pub fn memory(&self) -> usize {
         let i = self.inner.read().expect("lock");
-        i.hruns.memory()
-            + i.kruns.memory()
-            + i.d.hmem.capacity() * 41
-            + i.d.kmem.capacity() * 33
-            + i.d.state.refs.capacity() * 13
+        i.hruns.memory() + i.kruns.memory() + i.d.mem.memory() + i.d.state.refs.capacity() * 13
     }
 }
 
@@ -1416,9 +1378,9 @@ impl Store for EmbeddedStore {
                 out.push(h);
             }
         };
-        for (h, &o) in &inner.d.hmem {
-            if !inner.d.state.is_dead(o) {
-                push(*h, &mut out);
+        for e in inner.d.mem.entries() {
+            if !inner.d.state.is_dead(e.off) {
+                push(e.hash, &mut out);
             }
         }
         let nib = |fill: u8| -> [u8; 16] {
