@@ -6,7 +6,8 @@
 //! middle of a long sequence changes only the nodes on its path to the root. Memory is
 //! bounded: at most [`MAX_FANOUT`] pending children per level.
 
-use crate::atom::node_hash;
+use crate::atom::{node_hash, push_node_encoding};
+use crate::many::Messages;
 use crate::position::{Centroid, Position};
 use crate::{Hash, Modality};
 
@@ -90,6 +91,51 @@ impl TreeBuilder {
     /// Append a child; every composite completed by it is reported to `sink`, children first.
     pub fn push(&mut self, child: Child, sink: &mut dyn FnMut(&NodeOut<'_>)) {
         self.push_at(0, child, sink);
+    }
+
+    /// [`TreeBuilder::push`] for each of `children` in turn, with the same tree and the same
+    /// order of composites reported, but the lowest level's composites hashed together
+    /// ([`Messages`], sixteen at a time) rather than one by one. `msgs` and `hashes` are
+    /// scratch space.
+    pub fn push_all(
+        &mut self,
+        children: &[Child],
+        msgs: &mut Messages,
+        hashes: &mut Vec<Hash>,
+        sink: &mut dyn FnMut(&NodeOut<'_>),
+    ) {
+        if self.levels.is_empty() {
+            self.levels.push(Vec::with_capacity(MAX_FANOUT));
+        }
+        // The level's pending children, then the new ones: cut where `push_at` would.
+        let mut run = std::mem::take(&mut self.levels[0]);
+        let carried = run.len();
+        run.extend_from_slice(children);
+        let mut ends = Vec::new();
+        let mut start = 0;
+        for (i, c) in run.iter().enumerate().skip(carried) {
+            let len = i + 1 - start;
+            if len >= MAX_FANOUT || (len >= 2 && is_boundary(&c.hash)) {
+                ends.push(i + 1);
+                start = i + 1;
+            }
+        }
+        msgs.clear();
+        hashes.clear();
+        let mut from = 0;
+        for &end in &ends {
+            push_node_encoding(msgs, self.modality, run[from..end].iter().map(|c| &c.hash));
+            from = end;
+        }
+        msgs.hash_all(hashes);
+        let mut from = 0;
+        for (&end, &hash) in ends.iter().zip(hashes.iter()) {
+            let up = make_node_hashed(self.modality, &run[from..end], hash, sink);
+            self.push_at(1, up, sink);
+            from = end;
+        }
+        run.drain(..from);
+        self.levels[0] = run;
     }
 
     fn push_at(&mut self, mut level: usize, mut child: Child, sink: &mut dyn FnMut(&NodeOut<'_>)) {
@@ -210,6 +256,30 @@ mod tests {
         }
         let root = t.finish(&mut sink);
         (root, nodes)
+    }
+
+    /// push_all, over any split of the sequence into calls, builds the same tree as push,
+    /// reporting the same composites in the same order.
+    #[test]
+    fn push_all_matches_push_one_by_one() {
+        let kids = leaves(20_000, 7);
+        let mut one = Vec::new();
+        let mut t = TreeBuilder::new(Modality::Binary);
+        for k in &kids {
+            t.push(*k, &mut |n| one.push((n.hash, n.children.len())));
+        }
+        let root_one = t.finish(&mut |n| one.push((n.hash, n.children.len())));
+        for split in [1usize, 2, 15, 16, 63, 64, 65, 1000, 20_000] {
+            let mut all = Vec::new();
+            let mut t = TreeBuilder::new(Modality::Binary);
+            let (mut msgs, mut hashes) = (Messages::new(), Vec::new());
+            for part in kids.chunks(split) {
+                t.push_all(part, &mut msgs, &mut hashes, &mut |n| all.push((n.hash, n.children.len())));
+            }
+            let root = t.finish(&mut |n| all.push((n.hash, n.children.len())));
+            assert_eq!(root, root_one, "split {split}");
+            assert_eq!(all, one, "split {split}");
+        }
     }
 
     #[test]

@@ -780,6 +780,8 @@ pub struct NodeStage {
     /// Encodings of the chunk's lines, hashed together, and their hashes.
     msgs: Messages,
     hashes: Vec<Hash>,
+    /// The chunk's completed lines, for the tree.
+    lines: Vec<Child>,
     /// Atoms not sent yet: a batch goes to the store once it holds [`BATCH_KIDS`] children or
     /// [`BATCH_OPS`] atoms, so that the store's per-batch work (settling the references its
     /// atoms gathered) is shared by a few chunks.
@@ -802,6 +804,7 @@ impl NodeStage {
             tx,
             msgs: Messages::new(),
             hashes: Vec::new(),
+            lines: Vec::new(),
             pending: Batch::default(),
             spare_tx,
             spare_rx,
@@ -827,12 +830,10 @@ impl NodeStage {
         };
         let (kids, ends) = (&chunk.kids, &chunk.ends);
         {
-            let NodeStage { emitted, occurrences, tree, group, grouped, modality, msgs, hashes, .. } = self;
+            let NodeStage { emitted, occurrences, tree, group, grouped, modality, msgs, hashes, lines, .. } = self;
             let mut sink = node_sink(&mut batch, emitted, occurrences);
             if !*grouped {
-                for kid in kids {
-                    tree.push(*kid, &mut sink);
-                }
+                tree.push_all(kids, msgs, hashes, &mut sink);
             } else {
                 // A line whose hash is computed in the batch: it starts in this chunk (the
                 // group carried from the previous chunk is empty) and fits one composite.
@@ -865,13 +866,18 @@ impl NodeStage {
                         group.finish(&mut sink)
                     };
                     if let Some(c) = done {
-                        tree.push(c, &mut sink);
+                        lines.push(c);
                     }
                     start = end;
                 }
                 for kid in &kids[start..] {
                     group.push(*kid, &mut sink);
                 }
+                // The tree above the lines: its lowest level hashed together too. (Its
+                // composites now follow the chunk's lines in the batch, rather than come
+                // between them: still each after its children.)
+                tree.push_all(lines, msgs, hashes, &mut sink);
+                lines.clear();
             }
         }
         chunk.kids.clear();
