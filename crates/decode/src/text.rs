@@ -178,6 +178,11 @@ impl TextTokenizer {
     #[inline(always)]
     fn tokenize<S: LeafSink + ?Sized>(&mut self, data: &[u8], mut i: usize, sink: &mut S) {
         let n = data.len();
+        #[cfg(target_arch = "x86_64")]
+        if n - i >= 256 && simd::available() && !data[i..].contains(&b'\r') {
+            // SAFETY: the CPU has AVX-512BW (checked by `available`).
+            i = unsafe { simd::tokenize(self, data, i, sink) };
+        }
         while i < n {
             let start = i;
             let k = key(data[i]);
@@ -219,6 +224,93 @@ impl TextTokenizer {
             }
             sink.leaf_at(data, s, i);
         }
+    }
+}
+
+/// Emit the token `data[s..e]` (complete, of one run key, no `\r`) as the scalar path does.
+#[inline(always)]
+fn emit<S: LeafSink + ?Sized>(t: &mut TextTokenizer, data: &[u8], mut s: usize, e: usize, sink: &mut S) {
+    if data[s] == b'\n' {
+        sink.leaf_at(data, s, e);
+        sink.end_group();
+        t.line_open = false;
+        return;
+    }
+    while e - s > LEAF_MAX {
+        let j = cut(&data[s..e]);
+        sink.leaf(&data[s..s + j]);
+        s += j;
+    }
+    t.line_open = true;
+    sink.leaf_at(data, s, e);
+}
+
+/// Token boundaries 64 bytes at a time (AVX-512BW): each byte's run key is computed in a
+/// vector, and a token starts where the key differs from the byte before's, or after a
+/// newline. Used on pieces without `\r` (whose `\r\n` rule needs the scalar path); the
+/// tokens are exactly the scalar path's (tests compare both on random and real text).
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{emit, TextTokenizer, NEWLINE, NUMBER, SPACE, WORD};
+    use crate::LeafSink;
+    use std::arch::x86_64::*;
+
+    #[inline]
+    pub fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx512bw")
+    }
+
+    /// Run keys of the 64 bytes at `p` (see `key_table`; no `\r` among them).
+    ///
+    /// # Safety
+    /// `p..p + 64` must be readable.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn keys(p: *const u8) -> __m512i {
+        // SAFETY: the caller guarantees 64 readable bytes at `p`.
+        let b = unsafe { _mm512_loadu_si512(p.cast()) };
+        let lower = _mm512_or_si512(b, _mm512_set1_epi8(0x20));
+        let letter = _mm512_cmplt_epu8_mask(_mm512_sub_epi8(lower, _mm512_set1_epi8(b'a' as i8)), _mm512_set1_epi8(26));
+        let high = _mm512_movepi8_mask(b);
+        let digit = _mm512_cmplt_epu8_mask(_mm512_sub_epi8(b, _mm512_set1_epi8(b'0' as i8)), _mm512_set1_epi8(10));
+        // Space, tab, vertical tab, form feed (`\r` is absent).
+        let space = _mm512_cmpeq_epi8_mask(b, _mm512_set1_epi8(b' ' as i8))
+            | _mm512_cmplt_epu8_mask(_mm512_sub_epi8(b, _mm512_set1_epi8(0x09)), _mm512_set1_epi8(4))
+                & !_mm512_cmpeq_epi8_mask(b, _mm512_set1_epi8(b'\n' as i8));
+        let k = _mm512_mask_mov_epi8(b, letter | high, _mm512_set1_epi8(WORD as i8));
+        let k = _mm512_mask_mov_epi8(k, digit, _mm512_set1_epi8(NUMBER as i8));
+        _mm512_mask_mov_epi8(k, space, _mm512_set1_epi8(SPACE as i8))
+    }
+
+    /// Tokenize `data` from `i` (a token starts there; the carry is empty) while whole
+    /// 64-byte blocks remain, emitting every token that ends inside them. Returns where the
+    /// token left open starts, for the scalar path to go on from.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512BW, and `data[i..]` no `\r`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn tokenize<S: LeafSink + ?Sized>(t: &mut TextTokenizer, data: &[u8], i: usize, sink: &mut S) -> usize {
+        let n = data.len();
+        let mut start = i;
+        // Blocks cover positions b..b + 64, each compared with the byte before it.
+        let mut b = i + 1;
+        let newline = _mm512_set1_epi8(NEWLINE as i8);
+        while b + 64 <= n {
+            // SAFETY: b - 1 >= i >= 0 and b + 64 <= n: both blocks lie inside `data`.
+            let (k, before) = unsafe {
+                let p = data.as_ptr().add(b);
+                (keys(p), keys(p.sub(1)))
+            };
+            let mut starts = _mm512_cmpneq_epi8_mask(k, before) | _mm512_cmpeq_epi8_mask(before, newline);
+            while starts != 0 {
+                let at = b + starts.trailing_zeros() as usize;
+                starts &= starts - 1;
+                emit(t, data, start, at, sink);
+                start = at;
+            }
+            b += 64;
+        }
+        start
     }
 }
 

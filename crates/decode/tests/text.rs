@@ -95,6 +95,40 @@ proptest! {
         prop_assert_eq!(once, split);
     }
 
+    /// Without `\r`, pieces of 256 bytes or more take the vector path (64 bytes at a time,
+    /// where the CPU has AVX-512BW): the same tokens as the rules, and as small pieces (which
+    /// stay on the scalar path), at every kind of boundary.
+    #[test]
+    fn tokens_without_cr_are_the_same_on_the_vector_path(
+        v in prop::collection::vec(text(), 1..6),
+        idx in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
+    ) {
+        let s = v.concat().replace('\r', "\u{c}");
+        let data = s.as_bytes();
+        let once = run_once(&mut TextTokenizer::new(), data);
+        let (tokens, ends) = reference(&s);
+        prop_assert_eq!(as_strings(&once), tokens);
+        prop_assert_eq!(&once.group_ends, &ends);
+        let small: Vec<usize> = (1..data.len()).step_by(200).collect();
+        prop_assert_eq!(&run_split(&mut TextTokenizer::new(), data, &small), &once);
+        let split = run_split(&mut TextTokenizer::new(), data, &splits_of(data.len(), &idx));
+        prop_assert_eq!(once, split);
+    }
+
+    #[test]
+    fn arbitrary_bytes_without_cr_stay_lossless_whatever_the_splits(
+        data in prop::collection::vec(prop_oneof![any::<u8>(), 0x80u8..0xc0, Just(b'\n'), Just(b' ')], 0..3000),
+        idx in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
+    ) {
+        let data: Vec<u8> = data.into_iter().map(|b| if b == b'\r' { b'\t' } else { b }).collect();
+        let once = run_once(&mut TextTokenizer::new(), &data);
+        assert_lossless(&once, &data);
+        let small: Vec<usize> = (1..data.len()).step_by(200).collect();
+        prop_assert_eq!(&run_split(&mut TextTokenizer::new(), &data, &small), &once);
+        let split = run_split(&mut TextTokenizer::new(), &data, &splits_of(data.len(), &idx));
+        prop_assert_eq!(once, split);
+    }
+
     #[test]
     fn arbitrary_bytes_stay_lossless_whatever_the_splits(
         data in prop::collection::vec(prop_oneof![any::<u8>(), 0x80u8..0xc0], 0..2000),
