@@ -492,6 +492,9 @@ fn level(count: usize, fanout: usize) -> u32 {
 pub struct Runs<const K: usize> {
     pub prefix: &'static str,
     pub runs: Vec<Run<K>>,
+    /// Indexes of `runs`, largest first: the order lookups that stop at their first match ask
+    /// them in (an atom is most likely in the largest run).
+    by_size: Vec<usize>,
     global: Option<Bloom>,
     /// Runs of one level merged together: more means fewer rewrites and more runs to probe.
     fanout: usize,
@@ -500,7 +503,7 @@ pub struct Runs<const K: usize> {
 impl<const K: usize> Runs<K> {
     #[cfg(test)]
     pub fn new(prefix: &'static str) -> Self {
-        Runs { prefix, runs: Vec::new(), global: None, fanout: FANOUT }
+        Runs { prefix, runs: Vec::new(), by_size: Vec::new(), global: None, fanout: FANOUT }
     }
 
     pub fn open(dir: &Path, prefix: &'static str, ids: &[u64]) -> Result<Self, StoreError> {
@@ -508,7 +511,9 @@ impl<const K: usize> Runs<K> {
         for &id in ids {
             runs.push(Run::open(&dir.join(format!("{prefix}-{id:08}.run")), id)?);
         }
-        Ok(Runs { prefix, runs, global: None, fanout: FANOUT })
+        let mut r = Runs { prefix, runs, by_size: Vec::new(), global: None, fanout: FANOUT };
+        r.sort_by_size();
+        Ok(r)
     }
 
     /// Build the global bloom (writers) over the first [`GLOBAL_PREFIX`] bytes of every key:
@@ -588,11 +593,22 @@ impl<const K: usize> Runs<K> {
     }
 
     /// Offsets stored under exactly `key` (each run's own bloom filters it).
-    #[inline]
+    #[cfg(test)]
     pub fn find(&self, key: &[u8; K], out: &mut Vec<u64>) {
         for r in self.runs.iter().rev() {
             r.find(key, out);
         }
+    }
+
+    /// The runs, largest first.
+    pub fn largest_first(&self) -> impl Iterator<Item = &Run<K>> + '_ {
+        self.by_size.iter().map(|&i| &self.runs[i])
+    }
+
+    fn sort_by_size(&mut self) {
+        self.by_size = (0..self.runs.len()).collect();
+        // Equal sizes: newest first.
+        self.by_size.sort_by_key(|&i| (std::cmp::Reverse(self.runs[i].len()), std::cmp::Reverse(i)));
     }
 
     /// Add a run built from `entries` (sorted by key then value), then merge runs level by
@@ -624,6 +640,7 @@ impl<const K: usize> Runs<K> {
         *next_id += 1;
         let n = entries.len();
         self.runs.push(Run::write(dir, id, self.prefix, n, entries.into_iter())?);
+        self.sort_by_size();
         if lazy && self.runs.len() < LAZY_RUNS {
             return Ok(obsolete);
         }
@@ -646,6 +663,7 @@ impl<const K: usize> Runs<K> {
             let run = Run::write(dir, id, self.prefix, cap, merged)?;
             obsolete.extend(group.iter().map(|r| r.path.clone()));
             self.runs.push(run);
+            self.sort_by_size();
         }
         if self.global.as_ref().is_some_and(Bloom::is_full) {
             self.build_global()?;

@@ -603,12 +603,23 @@ impl Inner {
         let mut cand = Vec::new();
         if positioned {
             self.hruns.candidates(hash.0[..8].try_into().expect("8"), &mut cand)?;
-        } else {
-            self.hruns.find(hash.0[..16].try_into().expect("16"), &mut cand);
+            for o in cand {
+                if !self.d.state.is_dead(o) && self.hash_at(o)? == *hash {
+                    return Ok(Some(o));
+                }
+            }
+            return Ok(None);
         }
-        for o in cand {
-            if !self.d.state.is_dead(o) && self.hash_at(o)? == *hash {
-                return Ok(Some(o));
+        // Largest run first, stopping at the first match: the other runs' blooms (a cache miss
+        // each) are not asked. (One live atom per hash: the order cannot change the answer.)
+        let prefix = hash.0[..16].try_into().expect("16");
+        for r in self.hruns.largest_first() {
+            cand.clear();
+            r.find(prefix, &mut cand);
+            for &o in &cand {
+                if !self.d.state.is_dead(o) && self.hash_at(o)? == *hash {
+                    return Ok(Some(o));
+                }
             }
         }
         Ok(None)
@@ -657,15 +668,21 @@ impl Inner {
         if let Some(o) = self.d.mem.get_key(key, |o| !self.d.state.is_dead(o)) {
             return Ok(Some((o, None)));
         }
+        // Largest run first, stopping at the first match (see `find_hash_via`; one live atom
+        // per key).
         let mut cand = Vec::new();
-        self.kruns.find(&key.h_xy.to_be_bytes(), &mut cand);
-        for o in cand {
-            if self.d.state.is_dead(o) {
-                continue;
-            }
-            let (m, h, p, _) = self.identity(o)?;
-            if HilbertKey::new(m, &p) == *key {
-                return Ok(Some((o, Some((h, p)))));
+        let prefix = key.h_xy.to_be_bytes();
+        for r in self.kruns.largest_first() {
+            cand.clear();
+            r.find(&prefix, &mut cand);
+            for &o in &cand {
+                if self.d.state.is_dead(o) {
+                    continue;
+                }
+                let (m, h, p, _) = self.identity(o)?;
+                if HilbertKey::new(m, &p) == *key {
+                    return Ok(Some((o, Some((h, p)))));
+                }
             }
         }
         Ok(None)

@@ -75,9 +75,15 @@ impl MemTable {
         let mask = self.slots.len() - 1;
         let tag = prefix & TAG;
         let mut i = self.home(prefix);
+        // Empty (after a spill, which is how queries mostly find it): no slot to load.
+        let mut done = self.entries.is_empty();
         std::iter::from_fn(move || loop {
+            if done {
+                return None;
+            }
             let s = self.slots[i];
             if s == 0 {
+                done = true;
                 return None;
             }
             i = (i + 1) & mask;
