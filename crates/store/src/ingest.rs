@@ -463,37 +463,35 @@ fn decode_stream(
     progress: &Progress,
     tx: &Sender<Msg>,
 ) -> std::io::Result<()> {
-    {
-        let mut leaves = LeafStage::new(modality, NodeStage::new(modality, tx.clone()));
-        let mut decoder = hart_decode::StaticDecoder::for_modality(modality);
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; READ_BLOCK];
-        let mut total = 0u64;
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    leaves.abandon();
-                    return Err(e);
-                }
-            };
-            hasher.update(&buf[..n]);
-            decoder.feed_with(&buf[..n], &mut leaves);
-            total += n as u64;
-            progress.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
-            if leaves.closed {
+    let mut leaves = LeafStage::new(modality, NodeStage::new(modality, tx.clone()));
+    let mut decoder = hart_decode::StaticDecoder::for_modality(modality);
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; READ_BLOCK];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
                 leaves.abandon();
-                return Ok(());
+                return Err(e);
             }
+        };
+        hasher.update(&buf[..n]);
+        decoder.feed_with(&buf[..n], &mut leaves);
+        total += n as u64;
+        progress.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
+        if leaves.closed {
+            leaves.abandon();
+            return Ok(());
         }
-        decoder.finish_with(&mut leaves);
-        let Some((root, occurrences)) = leaves.finish() else { return Ok(()) };
-        let summary = ObjectSummary { source_hash: Hash(*hasher.finalize().as_bytes()), size: total, occurrences };
-        let _ = tx.send(Msg::End { root, summary });
-        Ok(())
     }
+    decoder.finish_with(&mut leaves);
+    let Some((root, occurrences)) = leaves.finish() else { return Ok(()) };
+    let summary = ObjectSummary { source_hash: Hash(*hasher.finalize().as_bytes()), size: total, occurrences };
+    let _ = tx.send(Msg::End { root, summary });
+    Ok(())
 }
 
 /// Leaves and group ends handed from the leaf stage to the node stage.
@@ -818,7 +816,8 @@ impl NodeStage {
     /// from the previous chunk and lines too long for one composite go through the
     /// [`GroupBuilder`] one token at a time. Composites still reach the tree and the batch in
     /// input order.
-    /// The chunk's batch is sent on; its other buffers are left empty for reuse.
+    /// The chunk's atoms join the batch being filled, which goes to the store once full (see
+    /// `pending`); the chunk's buffers are left empty for reuse.
     fn consume(&mut self, chunk: &mut Chunk) -> bool {
         let mut batch = if self.pending.is_empty() {
             let spare = self.spare();
@@ -971,8 +970,8 @@ pub fn ingest_bytes(store: &dyn Store, uri: &str, modality: Modality, data: &[u8
 }
 
 /// Ingest one object read from `reader` (a pipe, another store's `cat`, …) under `source`.
-/// Decoding runs on a thread of its own, the store's writes
-/// on the calling thread, through a bounded channel: memory stays bounded whatever the size.
+/// Decoding runs on a thread of its own, the store's writes on the calling thread, through a
+/// bounded channel: memory stays bounded whatever the size.
 /// A read error aborts the ingestion (its log entry is marked failed) and comes back as
 /// [`StoreError::Invalid`]; `reader` is dropped before this returns, so a writer feeding it
 /// sees the pipe close.
