@@ -138,9 +138,14 @@ impl MemTable {
 
     #[cold]
     fn grow(&mut self) {
+        self.rebuild(self.entries.len() * 2);
+    }
+
+    /// Re-index every entry in a table sized for `n` entries (at least as many as it holds).
+    fn rebuild(&mut self, n: usize) {
         let entries = std::mem::take(&mut self.entries);
-        self.slots = vec![0; Self::slots_for(entries.len() * 2)];
-        self.entries = Vec::with_capacity(entries.len() * 2);
+        self.slots = vec![0; Self::slots_for(n)];
+        self.entries = Vec::with_capacity(n.max(entries.len()));
         for e in entries {
             self.insert(e.hash, e.key, e.off);
         }
@@ -167,12 +172,7 @@ impl MemTable {
     /// Make room for `n` entries without growing.
     pub fn reserve(&mut self, n: usize) {
         if Self::slots_for(n) > self.slots.len() {
-            let entries = std::mem::take(&mut self.entries);
-            self.slots = vec![0; Self::slots_for(n)];
-            self.entries = Vec::with_capacity(n.max(entries.len()));
-            for e in entries {
-                self.insert(e.hash, e.key, e.off);
-            }
+            self.rebuild(n);
         } else {
             self.entries.reserve(n.saturating_sub(self.entries.len()));
         }
