@@ -14,10 +14,14 @@
 //! follow from the value); segments are not rewritten (removed atoms stay as dead bytes until
 //! a compaction, counted in `stats`).
 
+mod fsck;
+mod hot;
 mod index;
 mod log;
 mod memtable;
+mod read;
 mod record;
+mod session;
 mod state;
 mod varint;
 
@@ -27,10 +31,12 @@ use hart_store::{
     AtomRecord, Batch, FsckReport, GcReport, ObjectInfo, ObjectSummary, Op, Session, SourceInfo, Stats, Status, Store,
     StoreError,
 };
+use hot::HotCache;
 use index::Runs;
 use log::{Log, LogPos};
 use record::Rec;
 use serde::{Deserialize, Serialize};
+use session::EmbeddedSession;
 use state::{ObjEntry, State, DEAD};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -70,173 +76,6 @@ pub struct OpenOptions {
     pub sync_every_commit: bool,
 }
 
-/// The writer's cache of atoms recently put or found: two direct-mapped tables, one for leaves
-/// (the tokens of a text repeat constantly) and a smaller one for composites (a parent follows
-/// its children closely), in front of a two-generation map of atoms found in the indexes. Only
-/// live atoms are cached; `gc`, the only way an atom dies, clears it (and runs with no session
-/// open).
-///
-/// During a `put`, a slot also gathers the references its atom gains (and, for an atom created
-/// in this `put`, its creation), so that a token used ten thousand times in a batch updates
-/// the reference counts once. Every `put` ends with [`HotCache::flush`]: between calls the
-/// state holds every count exactly.
-struct HotCache {
-    /// [`LEAF_SLOTS`] slots for leaves, then [`NODE_SLOTS`] for composites.
-    direct: Vec<Slot>,
-    map: hart_store::BoundedMap<Hash, u64>,
-    /// Slots whose `pending` may be non-zero.
-    dirty: Vec<u32>,
-    /// Number of the composite whose children are being counted (see [`Slot::stamp`]).
-    stamp: u32,
-}
-
-/// One cache line, so that a hit touches one.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Slot {
-    hash: Hash,
-    off: u64,
-    /// The composite that last counted this atom as a child: a child repeated within one
-    /// composite gains one reference.
-    stamp: u32,
-    /// References gained since the last flush; the top bit marks an atom created since then
-    /// (its entry in the state is written at the flush).
-    pending: u32,
-}
-
-const LEAF_SLOTS: usize = 1 << 15;
-const NODE_SLOTS: usize = 1 << 12;
-/// How many atoms ahead of the one being put [`Inner::prefetch`] works: far enough for the
-/// loads to arrive, near enough that they are still in cache when used.
-const PREFETCH_AHEAD: usize = 4;
-const EMPTY: Slot = Slot { hash: Hash([0xff; 32]), off: u64::MAX, stamp: 0, pending: 0 };
-const FRESH: u32 = 1 << 31;
-
-impl HotCache {
-    fn new() -> Self {
-        HotCache {
-            direct: vec![EMPTY; LEAF_SLOTS + NODE_SLOTS],
-            map: hart_store::BoundedMap::new(HOT_CACHE),
-            dirty: Vec::new(),
-            stamp: 0,
-        }
-    }
-
-    /// The slot `hash` may occupy among leaves, or among composites.
-    #[inline]
-    fn slot(hash: &Hash, leaf: bool) -> usize {
-        let p = hash.prefix_u64() as usize;
-        if leaf {
-            p & (LEAF_SLOTS - 1)
-        } else {
-            LEAF_SLOTS + ((p >> 32) & (NODE_SLOTS - 1))
-        }
-    }
-
-    /// The slot holding `hash`, if any.
-    #[inline]
-    fn find(&self, hash: &Hash) -> Option<usize> {
-        let holds = |i: usize| self.direct[i].hash == *hash && self.direct[i].off != u64::MAX;
-        let i = Self::slot(hash, true);
-        if holds(i) {
-            return Some(i);
-        }
-        let i = Self::slot(hash, false);
-        holds(i).then_some(i)
-    }
-
-    /// Start loading the slots [`HotCache::find`] will read for `hash` (`leaf_only`: the leaf
-    /// slot alone, where a composite's children almost always are).
-    #[inline]
-    fn prefetch(&self, hash: &Hash, leaf_only: bool) {
-        hart_core::prefetch(self.direct[Self::slot(hash, true)..].as_ptr());
-        if !leaf_only {
-            hart_core::prefetch(self.direct[Self::slot(hash, false)..].as_ptr());
-        }
-    }
-
-    /// The offset of a cached atom, from the direct tables only.
-    #[inline]
-    fn direct(&self, hash: &Hash) -> Option<u64> {
-        self.find(hash).map(|i| self.direct[i].off)
-    }
-
-    /// Put an atom in its direct slot (after applying what the atom there gathered).
-    #[inline]
-    fn place(&mut self, state: &mut State, hash: Hash, off: u64, leaf: bool, fresh: bool) -> Result<(), u64> {
-        let i = Self::slot(&hash, leaf);
-        self.settle(state, i)?;
-        self.direct[i] = Slot { hash, off, stamp: 0, pending: if fresh { FRESH } else { 0 } };
-        if fresh {
-            self.dirty.push(i as u32);
-        }
-        Ok(())
-    }
-
-    /// Apply what slot `i` gathered to the state; Err(offset) if that atom was removed.
-    #[inline]
-    fn settle(&mut self, state: &mut State, i: usize) -> Result<(), u64> {
-        let s = &mut self.direct[i];
-        if s.pending == 0 {
-            return Ok(());
-        }
-        let n = s.pending & !FRESH;
-        let fresh = s.pending & FRESH != 0;
-        s.pending = 0;
-        if fresh {
-            state.created_with(s.off, n);
-        } else if !state.add_refs(s.off, n) {
-            return Err(s.off);
-        }
-        Ok(())
-    }
-
-    /// Apply everything gathered since the last flush.
-    fn flush(&mut self, state: &mut State) -> Result<(), u64> {
-        let mut r = Ok(());
-        for i in std::mem::take(&mut self.dirty) {
-            r = r.and(self.settle(state, i as usize));
-        }
-        r
-    }
-
-    /// A new stamp for the next composite's children.
-    #[inline]
-    fn next_stamp(&mut self) -> u32 {
-        self.stamp = self.stamp.wrapping_add(1);
-        if self.stamp == 0 {
-            self.direct.iter_mut().for_each(|s| s.stamp = 0);
-            self.stamp = 1;
-        }
-        self.stamp
-    }
-
-    /// Count one reference to the atom in `hash`'s direct slot, once per stamp. Returns its
-    /// offset and whether it was counted now (first time under this stamp), or None if the
-    /// atom is not in its slot.
-    #[inline]
-    fn count(&mut self, hash: &Hash, stamp: u32) -> Option<(u64, bool)> {
-        let i = self.find(hash)?;
-        let s = &mut self.direct[i];
-        if s.stamp == stamp {
-            return Some((s.off, false));
-        }
-        s.stamp = stamp;
-        if s.pending == 0 {
-            self.dirty.push(i as u32);
-        }
-        s.pending += 1;
-        Some((s.off, true))
-    }
-
-    fn clear(&mut self) {
-        debug_assert!(self.direct.iter().all(|s| s.pending == 0), "cache cleared with references pending");
-        self.direct.fill(EMPTY);
-        self.map.clear();
-        self.dirty.clear();
-    }
-}
-
 /// The embedded store.
 pub struct EmbeddedStore {
     dir: PathBuf,
@@ -262,7 +101,7 @@ struct Derived {
     kids: Vec<u64>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     dir: PathBuf,
     log: Log,
     hruns: Runs<16>,
@@ -323,7 +162,7 @@ struct CommitInfo {
     completed_at: u64,
 }
 
-fn corrupt(path: &Path, offset: u64, what: impl Into<String>) -> StoreError {
+pub(crate) fn corrupt(path: &Path, offset: u64, what: impl Into<String>) -> StoreError {
     StoreError::Corrupt { path: path.to_path_buf(), offset, what: what.into() }
 }
 
@@ -1126,202 +965,6 @@ impl Drop for EmbeddedStore {
     }
 }
 
-/// An ingest in progress.
-struct EmbeddedSession<'a> {
-    store: &'a EmbeddedStore,
-    _gate: RwLockReadGuard<'a, ()>,
-    id: u64,
-    uri: String,
-    /// Atoms below this offset existed before the session.
-    start: u64,
-    created: u64,
-    referenced: u64,
-    kids: Vec<u64>,
-    /// Children of the current composite that missed the cache's direct table.
-    missed: Vec<(Hash, u64)>,
-    done: bool,
-}
-
-impl EmbeddedSession<'_> {
-    fn put_ops(&mut self, inner: &mut Inner, batch: &Batch) -> Result<(), StoreError> {
-        for op in batch.ops.iter().take(PREFETCH_AHEAD) {
-            inner.prefetch(batch, op);
-        }
-        for (i, op) in batch.ops.iter().enumerate() {
-            if let Some(next) = batch.ops.get(i + PREFETCH_AHEAD) {
-                inner.prefetch(batch, next);
-            }
-            if inner.hot.direct(&op.hash).is_some() {
-                continue;
-            }
-            // Positions carry their hash's first eight bytes in their low bits; that is what
-            // lets the hash index detect key collisions (decision 0003), so check it.
-            if Position::from_features(op.pos.features(), &op.hash) != op.pos || !op.pos.is_valid() {
-                return Err(StoreError::Invalid(format!(
-                    "atom {} has position {:?}, which does not carry its hash bits",
-                    op.hash, op.pos
-                )));
-            }
-            let key = HilbertKey::new(op.modality, &op.pos);
-            match inner.probe(&op.hash, &key)? {
-                Probe::Found(o) => {
-                    inner.hot.map.insert(op.hash, o);
-                    let leaf = op.kind == AtomKind::Leaf;
-                    inner
-                        .hot
-                        .place(&mut inner.d.state, op.hash, o, leaf, false)
-                        .map_err(|o| removed_child(&inner.dir, o))?;
-                    continue;
-                }
-                Probe::Collision(o) => {
-                    let existing = inner.hash_at(o)?;
-                    return Err(StoreError::Collision {
-                        key: key.to_string(),
-                        existing: existing.to_hex(),
-                        new: op.hash.to_hex(),
-                    });
-                }
-                Probe::New => {}
-            }
-            let m = op.modality;
-            let off = match op.kind {
-                AtomKind::Leaf => {
-                    let value = batch.value(op);
-                    if value.len() > hart_core::LEAF_MAX {
-                        return Err(StoreError::Invalid(format!(
-                            "leaf {} has {} bytes (at most {})",
-                            op.hash,
-                            value.len(),
-                            hart_core::LEAF_MAX
-                        )));
-                    }
-                    let off = inner.append(|buf, _| record::encode_leaf(buf, m.as_u8(), value))?;
-                    inner.d.index(off, op.hash, &key);
-                    let c = inner.d.state.counters.at(m.as_u8());
-                    c.leaves += 1;
-                    c.leaf_bytes += value.len() as u64;
-                    off
-                }
-                AtomKind::Node => self.put_node(inner, batch, op, &key)?,
-            };
-            self.created += 1;
-            let leaf = op.kind == AtomKind::Leaf;
-            inner.hot.place(&mut inner.d.state, op.hash, off, leaf, true).map_err(|o| removed_child(&inner.dir, o))?;
-        }
-        Ok(())
-    }
-
-    /// Append a new composite: resolve its children (almost always direct-cache hits, where
-    /// their new references are gathered), and count one reference per distinct child.
-    fn put_node(&mut self, inner: &mut Inner, batch: &Batch, op: &Op, key: &HilbertKey) -> Result<u64, StoreError> {
-        let stamp = inner.hot.next_stamp();
-        self.kids.clear();
-        // Children that missed the direct table, counted here: the table does not change while
-        // one composite's children are counted, so a child is always a hit or always a miss.
-        self.missed.clear();
-        for c in batch.children(op) {
-            if let Some((o, first)) = inner.hot.count(c, stamp) {
-                self.kids.push(o);
-                self.referenced += u64::from(first && o < self.start);
-                continue;
-            }
-            let o = inner.resolve(c)?.ok_or_else(|| {
-                StoreError::Invalid(format!("composite {} names child {} that was never stored", op.hash, c))
-            })?;
-            self.kids.push(o);
-            if !self.missed.iter().any(|&(_, m)| m == o) {
-                self.missed.push((*c, o));
-                if !inner.d.state.incref(o) {
-                    return Err(removed_child(&inner.dir, o));
-                }
-                self.referenced += u64::from(o < self.start);
-            }
-        }
-        let m = op.modality;
-        let kids = &self.kids;
-        let off = inner.append(|buf, own| record::encode_node(buf, own, m.as_u8(), &op.hash, &op.pos, kids))?;
-        inner.d.index(off, op.hash, key);
-        inner.d.state.counters.at(m.as_u8()).composites += 1;
-        for &(h, o) in &self.missed {
-            // Most children are leaves (tokens): a composite found here goes among them too.
-            inner.hot.place(&mut inner.d.state, h, o, true, false).map_err(|o| removed_child(&inner.dir, o))?;
-        }
-        Ok(off)
-    }
-}
-
-fn removed_child(dir: &Path, off: u64) -> StoreError {
-    corrupt(dir, off, "a composite references a removed atom")
-}
-
-impl Session for EmbeddedSession<'_> {
-    fn put(&mut self, batch: &Batch) -> Result<(), StoreError> {
-        let mut guard = self.store.inner.write().expect("lock");
-        let inner = &mut *guard;
-        inner.check()?;
-        let r = self.put_ops(inner, batch);
-        // References gathered in the cache reach the state whatever happened, so that it
-        // matches the log (everything appended stays appended).
-        let f = inner.hot.flush(&mut inner.d.state);
-        r?;
-        f.map_err(|o| corrupt(&inner.dir, o, "a composite references a removed atom"))?;
-        inner.maybe_checkpoint()
-    }
-
-    fn commit(mut self: Box<Self>, root: &Hash, summary: &ObjectSummary) -> Result<ObjectInfo, StoreError> {
-        let mut guard = self.store.inner.write().expect("lock");
-        let inner = &mut *guard;
-        inner.check()?;
-        let root_off =
-            inner.resolve(root)?.ok_or_else(|| StoreError::Invalid(format!("root {root} was never stored")))?;
-        let unchanged = inner
-            .d
-            .state
-            .objects
-            .values()
-            .any(|o| o.info.uri == self.uri && o.info.status == Status::Completed && o.info.root == Some(*root));
-        let status = if unchanged { Status::Unchanged } else { Status::Completed };
-        let referenced = self.referenced + u64::from(status == Status::Completed && root_off < self.start);
-        let info = CommitInfo {
-            status,
-            root: *root,
-            source_hash: summary.source_hash,
-            size: summary.size,
-            created: self.created,
-            referenced,
-            skipped: summary.occurrences.saturating_sub(self.created),
-            completed_at: hart_store::now_ms(),
-        };
-        let json = serde_json::to_vec(&info).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let id = self.id;
-        inner.append(|buf, _| record::encode_obj(buf, record::OBJ_COMMIT, id, Some(root_off), &json))?;
-        inner.d.obj_commit(id, root_off, &json).map_err(|e| corrupt(&inner.dir, root_off, e))?;
-        inner.write_frame(self.store.opts.sync_every_commit)?;
-        self.done = true;
-        Ok(inner.d.state.objects[&id].info.clone())
-    }
-
-    fn abort(mut self: Box<Self>, error: &str) -> Result<(), StoreError> {
-        self.done = true;
-        let mut inner = self.store.inner.write().expect("lock");
-        inner.check()?;
-        inner.fail_object(self.id, error)?;
-        inner.write_frame(false)
-    }
-}
-
-impl Drop for EmbeddedSession<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            if let Ok(mut inner) = self.store.inner.write() {
-                if inner.check().is_ok() && inner.fail_object(self.id, "abandoned before commit").is_ok() {
-                    let _ = inner.write_frame(false);
-                }
-            }
-        }
-    }
-}
-
 fn read_only(dir: &Path) -> StoreError {
     StoreError::ReadOnly { path: dir.to_path_buf(), reason: "opened for reading only".into() }
 }
@@ -1352,18 +995,7 @@ impl Store for EmbeddedStore {
         inner.write_frame(false)?;
         let start = inner.log.next_offset();
         drop(inner);
-        Ok(Box::new(EmbeddedSession {
-            store: self,
-            _gate: gate,
-            id,
-            uri: source.uri,
-            start,
-            created: 0,
-            referenced: 0,
-            kids: Vec::with_capacity(hart_core::MAX_FANOUT),
-            missed: Vec::new(),
-            done: false,
-        }))
+        Ok(Box::new(EmbeddedSession::new(self, gate, id, source.uri, start)))
     }
 
     fn get(&self, hash: &Hash) -> Result<Option<AtomRecord>, StoreError> {
@@ -1431,7 +1063,7 @@ impl Store for EmbeddedStore {
         let inner = self.inner.read().expect("lock");
         let off = inner.find_hash(root)?.ok_or_else(|| StoreError::NotFound { what: "atom", id: root.to_hex() })?;
         let mut w = BufWriter::with_capacity(1 << 20, out);
-        let n = cat_at(&inner, off, &mut w)?;
+        let n = read::cat_at(&inner, off, &mut w)?;
         w.flush().map_err(|e| StoreError::io("write", "output", e))?;
         Ok(n)
     }
@@ -1505,7 +1137,7 @@ impl Store for EmbeddedStore {
 
     fn fsck(&self, progress: &dyn Fn(u64, u64)) -> Result<FsckReport, StoreError> {
         let inner = self.inner.read().expect("lock");
-        fsck(&inner, progress)
+        fsck::fsck(&inner, progress)
     }
 
     fn stats(&self) -> Result<Stats, StoreError> {
@@ -1550,174 +1182,6 @@ impl Store for EmbeddedStore {
         // (the next writer replays the log and checkpoints again).
         inner.checkpoint().map_err(|e| StoreError::CheckpointDeferred(e.to_string()))
     }
-}
-
-/// Depth-first walk writing leaf values in order.
-fn cat_at(inner: &Inner, off: u64, w: &mut dyn Write) -> Result<u64, StoreError> {
-    let mut total = 0u64;
-    let mut stack: Vec<record::Children<'_>> = Vec::new();
-    let mut next = Some(off);
-    loop {
-        if let Some(o) = next.take() {
-            match inner.rec(o)?.0 {
-                Rec::Leaf { value, .. } => {
-                    w.write_all(value).map_err(|e| StoreError::io("write", "output", e))?;
-                    total += value.len() as u64;
-                }
-                Rec::Node { children, .. } => stack.push(children),
-                _ => return Err(corrupt(&inner.dir, o, "offset does not hold an atom")),
-            }
-        }
-        match stack.last_mut() {
-            None => return Ok(total),
-            Some(top) => match top.next() {
-                Some(c) => next = Some(c),
-                None => {
-                    stack.pop();
-                }
-            },
-        }
-    }
-}
-
-struct HashWriter(blake3::Hasher);
-
-impl Write for HashWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.update(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Recount every reference from the log, re-hash composites, check both indexes, and rebuild
-/// every completed object.
-fn fsck(inner: &Inner, progress: &dyn Fn(u64, u64)) -> Result<FsckReport, StoreError> {
-    let mut r = FsckReport::default();
-    let problem = |r: &mut FsckReport, p: String| {
-        if r.problems.len() < 100 {
-            r.problems.push(p);
-        }
-    };
-    let total = inner.log.bytes();
-    let mut offsets: Vec<u64> = Vec::new();
-    let mut counts: Vec<u32> = Vec::new();
-    let mut dead: Vec<u64> = Vec::new();
-    let mut nodes: Vec<(u64, Vec<u64>)> = Vec::new();
-    // Pass 1: every live atom in log order, and references from live composites.
-    inner.log.scan(LogPos::default(), &mut |base, payload| {
-        let mut p = 0;
-        while p < payload.len() {
-            let off = base + p as u64;
-            let (rec, len) =
-                record::decode(&payload[p..], off).ok_or_else(|| corrupt(&inner.dir, off, "undecodable record"))?;
-            p += len;
-            match rec {
-                Rec::Leaf { .. } | Rec::Node { .. } if inner.d.state.is_dead(off) => dead.push(off),
-                Rec::Leaf { .. } => {
-                    offsets.push(off);
-                    counts.push(0);
-                }
-                Rec::Node { children, .. } => {
-                    offsets.push(off);
-                    counts.push(0);
-                    let mut kids: Vec<u64> = children.collect();
-                    kids.sort_unstable();
-                    kids.dedup();
-                    nodes.push((off, kids));
-                    if nodes.len() >= 4096 {
-                        for (n, kids) in nodes.drain(..) {
-                            for k in kids {
-                                match offsets.binary_search(&k) {
-                                    Ok(i) => counts[i] += 1,
-                                    Err(_) => problem(
-                                        &mut r,
-                                        format!("composite at {n} references missing or removed atom at {k}"),
-                                    ),
-                                }
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        progress(base >> 32 << 30 | (base & 0xffff_ffff), total);
-        Ok(())
-    })?;
-    for (n, kids) in nodes.drain(..) {
-        for k in kids {
-            match offsets.binary_search(&k) {
-                Ok(i) => counts[i] += 1,
-                Err(_) => problem(&mut r, format!("composite at {n} references missing or removed atom at {k}")),
-            }
-        }
-    }
-    for o in inner.d.state.objects.values() {
-        if o.info.status == Status::Completed {
-            match o.root_off.map(|ro| offsets.binary_search(&ro)) {
-                Some(Ok(i)) => counts[i] += 1,
-                _ => problem(&mut r, format!("object {} has no live root", o.info.id)),
-            }
-        }
-    }
-    // Pass 2: compare counts, re-hash, check indexes.
-    for (i, &off) in offsets.iter().enumerate() {
-        r.atoms_checked += 1;
-        r.references_counted += u64::from(counts[i]);
-        let stored = inner.d.state.refcount(off);
-        if stored != counts[i] {
-            problem(&mut r, format!("atom at {off}: stored reference count {stored}, recount {}", counts[i]));
-        }
-        let (m, hash, pos, kind) = inner.identity(off)?;
-        if kind == AtomKind::Node {
-            if let Rec::Node { children, .. } = inner.rec(off)?.0 {
-                let kids = inner.hashes_of(children)?;
-                let again = hart_core::atom::node_hash(m, &kids);
-                if again != hash {
-                    problem(&mut r, format!("composite at {off}: stored hash {hash} but children hash to {again}"));
-                }
-            }
-        }
-        if inner.find_hash(&hash)? != Some(off) {
-            problem(&mut r, format!("atom at {off} ({hash}) is not found by its hash"));
-        }
-        if inner.find_key(&HilbertKey::new(m, &pos))?.map(|(o, _)| o) != Some(off) {
-            problem(&mut r, format!("atom at {off} ({hash}) is not found by its Hilbert key"));
-        }
-    }
-    for p in inner.hruns.verify().into_iter().chain(inner.kruns.verify()) {
-        problem(&mut r, format!("index run {p}"));
-    }
-    // Pass 3: every completed object rebuilds to its source hash.
-    for o in inner.d.state.objects.values() {
-        if o.info.status != Status::Completed {
-            continue;
-        }
-        let Some(root) = o.root_off else { continue };
-        let mut hw = HashWriter(blake3::Hasher::new());
-        match cat_at(inner, root, &mut hw) {
-            Ok(n) => {
-                r.objects_checked += 1;
-                r.bytes_reconstructed += n;
-                let h = Hash(*hw.0.finalize().as_bytes());
-                if Some(h) != o.info.source_hash || n != o.info.size {
-                    problem(
-                        &mut r,
-                        format!(
-                            "object {} ({}) rebuilds to {n} bytes hashing {h}, expected {} bytes",
-                            o.info.id, o.info.uri, o.info.size
-                        ),
-                    );
-                }
-            }
-            Err(e) => problem(&mut r, format!("object {} ({}) does not rebuild: {e}", o.info.id, o.info.uri)),
-        }
-    }
-    progress(total, total);
-    Ok(r)
 }
 
 fn dir_size(dir: &Path) -> u64 {
