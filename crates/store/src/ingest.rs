@@ -388,15 +388,19 @@ impl KnownObjects {
         Ok(KnownObjects { by_size })
     }
 
-    /// The stored object with these bytes (read from `file`, `size` of them) and modality.
+    /// The stored object with the bytes of `file` (read to its end) and this modality, when
+    /// `size` (what the file system reported) is a stored object's size. The file is taken at
+    /// its word only for choosing whether to hash: its bytes are read to EOF, and a file whose
+    /// length differs from `size` (a /proc file reports 0; a file may grow or shrink) is no
+    /// match, so the caller decodes what is there.
     fn find(&self, file: &mut std::fs::File, size: u64, modality: Modality) -> std::io::Result<Option<&KnownObject>> {
         let Some(same_size) = self.by_size.get(&size) else { return Ok(None) };
         if !same_size.iter().any(|k| k.modality == modality) {
             return Ok(None);
         }
         let mut h = blake3::Hasher::new();
-        if std::io::copy(&mut std::io::Read::take(&mut *file, size), &mut h)? != size {
-            return Ok(None); // shrank since its size was read: decode what is there
+        if std::io::copy(file, &mut h)? != size {
+            return Ok(None);
         }
         let hash = Hash(*h.finalize().as_bytes());
         Ok(same_size.iter().find(|k| k.source_hash == hash && k.modality == modality))
@@ -439,9 +443,9 @@ fn decode_file(path: &Path, forced: Option<Modality>, known: &KnownObjects, prog
             return fail("cannot read", e);
         }
     }
-    // Read what the file held when it was opened: a file that grows meanwhile (a log being
-    // written) is stored as it was then.
-    let mut file = std::io::Read::take(file, size.unwrap_or(u64::MAX));
+    // Read to EOF, whatever size the file system reported: a /proc file reports 0 and a file
+    // may grow or shrink while it is read. What was read is what is stored (its size and
+    // hash are counted from the bytes; `size` here is only the first estimate).
     if tx.send(Msg::Begin(SourceInfo { uri, modality, size })).is_err() {
         return;
     }
