@@ -99,6 +99,9 @@ struct Derived {
     state: State,
     /// Reused buffer for a composite's distinct children.
     kids: Vec<u64>,
+    /// Damaged atoms healed by a good copy written later: old offset → new offset. Children
+    /// are read through it (empty unless the store was healed).
+    redirects: rustc_hash::FxHashMap<u64, u64>,
 }
 
 pub(crate) struct Inner {
@@ -355,6 +358,25 @@ impl Inner {
             self.poisoned = Some(e.to_string());
         }
         r
+    }
+
+    /// Where the atom at `off` is read from: itself, or the good copy that healed it.
+    #[inline]
+    fn redirect(&self, off: u64) -> u64 {
+        if self.d.redirects.is_empty() {
+            off
+        } else {
+            self.d.redirects.get(&off).copied().unwrap_or(off)
+        }
+    }
+
+    /// The atom record at `off`, without decoding a composite's children.
+    #[inline]
+    fn peek(&self, off: u64) -> record::Peek<'_> {
+        match self.log.at(off) {
+            Some(b) => record::peek(b),
+            None => record::Peek::Other,
+        }
     }
 
     #[inline]
@@ -1063,7 +1085,7 @@ impl Store for EmbeddedStore {
         let inner = self.inner.read().expect("lock");
         let off = inner.find_hash(root)?.ok_or_else(|| StoreError::NotFound { what: "atom", id: root.to_hex() })?;
         let mut w = BufWriter::with_capacity(1 << 20, out);
-        let n = read::cat_at(&inner, off, &mut w)?;
+        let n = read::cat_verified(&inner, off, root, &mut w)?;
         w.flush().map_err(|e| StoreError::io("write", "output", e))?;
         Ok(n)
     }

@@ -156,6 +156,11 @@ impl Log {
         &self.dir
     }
 
+    /// The file of segment `n`.
+    pub fn segment_path(&self, n: usize) -> PathBuf {
+        seg_path(&self.dir, n)
+    }
+
     /// End of the written (not pending) log.
     pub fn end(&self) -> LogPos {
         match self.segs.last() {

@@ -117,6 +117,33 @@ pub fn encode_gc(buf: &mut Vec<u8>, offsets: &[u64]) {
     }
 }
 
+/// What an atom record is, read without decoding (or checking) a composite's children: a
+/// leaf's modality and value, or a composite's stored hash. For walks that decode every
+/// composite they trust in full anyway.
+pub enum Peek<'a> {
+    Leaf { modality: u8, value: &'a [u8] },
+    Node { hash: Hash },
+    Other,
+}
+
+#[inline]
+pub fn peek(b: &[u8]) -> Peek<'_> {
+    match b.first() {
+        Some(&LEAF) => match (b.get(1), b.get(2)) {
+            (Some(&m), Some(&len)) if len as usize <= hart_core::LEAF_MAX => match b.get(3..3 + len as usize) {
+                Some(value) => Peek::Leaf { modality: m, value },
+                None => Peek::Other,
+            },
+            _ => Peek::Other,
+        },
+        Some(&NODE) => match b.get(2..34) {
+            Some(h) => Peek::Node { hash: Hash(h.try_into().expect("32")) },
+            None => Peek::Other,
+        },
+        _ => Peek::Other,
+    }
+}
+
 /// Decode the record at the start of `b` (which sits at log offset `own`): the record and its
 /// length. `None` means the bytes are not a well-formed record.
 pub fn decode(b: &[u8], own: u64) -> Option<(Rec<'_>, usize)> {

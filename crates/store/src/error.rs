@@ -29,6 +29,16 @@ pub enum StoreError {
     #[error("corruption in {path} at offset {offset}: {what}; run `hart fsck` and restore from a copy if it persists")]
     Corrupt { path: PathBuf, offset: u64, what: String },
 
+    /// Stored bytes that do not hash to what they must. Nothing of the damaged part was
+    /// returned: a stream stops before it (`byte` bytes of good output precede it).
+    #[error(
+        "damaged data at {location}: {what} (expected hash {expected}, found {found}){}; \
+         run `hart fsck` to see every object it affects, then ingest a good copy of the file (or \
+         `hart repair --from PATH`) to heal it",
+        byte.map(|b| format!("; the damaged part starts at byte {b} of the output")).unwrap_or_default()
+    )]
+    Damaged { expected: String, found: String, location: String, what: String, byte: Option<u64> },
+
     #[error("position collision: atom {new} would take key {key}, already held by atom {existing}")]
     Collision { key: String, existing: String, new: String },
 
