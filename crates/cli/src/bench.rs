@@ -5,6 +5,7 @@
 //! Sections: ingest (warm cache), cat, point lookups, peak memory (a child process), and
 //! stored bytes. Data is generated from fixed seeds, so two runs measure the same bytes.
 
+use crate::stdio::{errln, outln};
 use crate::Cli;
 use anyhow::{bail, Context, Result};
 use hart_core::features::leaf_identity;
@@ -250,7 +251,7 @@ impl Report {
         self.notes.push(n.into());
     }
 
-    fn print(&self) {
+    fn print(&self) -> std::io::Result<()> {
         let cells: Vec<[String; 6]> = self
             .rows
             .iter()
@@ -289,14 +290,15 @@ impl Report {
                 c[5]
             )
         };
-        println!("\n== {} ==", self.section.title());
-        println!("{}", line(&head.map(String::from)));
+        outln!("\n== {} ==", self.section.title())?;
+        outln!("{}", line(&head.map(String::from)))?;
         for c in &cells {
-            println!("{}", line(c));
+            outln!("{}", line(c))?;
         }
         for n in &self.notes {
-            println!("  note: {n}");
+            outln!("  note: {n}")?;
         }
+        Ok(())
     }
 }
 
@@ -360,7 +362,7 @@ impl WorkDir {
 impl Drop for WorkDir {
     fn drop(&mut self) {
         if self.keep {
-            eprintln!("work directory kept: {}", self.path.display());
+            errln!("work directory kept: {}", self.path.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.path);
         }
@@ -411,7 +413,7 @@ struct Ctx {
 impl Ctx {
     fn say(&self, msg: impl AsRef<str>) {
         if !self.quiet {
-            eprintln!("… {}", msg.as_ref());
+            errln!("… {}", msg.as_ref());
         }
     }
 
@@ -507,27 +509,27 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<u8> {
     let machine = machine();
     let quiet = cli.quiet || cli.json;
     if !cli.json {
-        println!(
+        outln!(
             "hart bench — {}",
             if set.quick { "QUICK mode (smoke test: sizes below the targets' conditions)" } else { "full run" }
-        );
-        println!(
+        )?;
+        outln!(
             "machine: {} cores, {:.1} GiB memory, {}",
             machine.cores,
             machine.mem_bytes as f64 / (1u64 << 30) as f64,
             machine.cpu
-        );
-        println!("build:   {}; load average at start: {}", machine.profile, machine.load);
-        println!(
+        )?;
+        outln!("build:   {}; load average at start: {}", machine.profile, machine.load)?;
+        outln!(
             "sizes:   {} MiB per data set, {:.2} GiB for peak memory, {} lookups; work dir {}",
             set.data_bytes >> 20,
             set.mem_bytes as f64 / (1u64 << 30) as f64,
             set.lookups,
             work.path.display()
-        );
+        )?;
     }
     if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; figures are meaningless. Build with `cargo build --release`.");
+        errln!("warning: this is a debug build; figures are meaningless. Build with `cargo build --release`.");
     }
     let database = crate::commands::database(cli)?;
     let sections: &[Section] = if database.is_some() { &Section::PG } else { &Section::ALL };
@@ -542,7 +544,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<u8> {
     }
     if let Some(db) = &database {
         if !cli.json {
-            println!("server:  {db} (throwaway databases hart_bench_{}_* are created and dropped)", std::process::id());
+            outln!("server:  {db} (throwaway databases hart_bench_{}_* are created and dropped)", std::process::id())?;
         }
     }
     let mut ctx = Ctx {
@@ -573,7 +575,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<u8> {
         }
         .with_context(|| format!("bench section {:?} failed", s.name()))?;
         if !cli.json {
-            r.print();
+            r.print()?;
         }
         reports.push(r);
     }
@@ -591,12 +593,12 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<u8> {
             "passed": passed,
             "missed": missed,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        println!(
+        outln!(
             "\n{passed} targets met, {missed} missed{}",
             if set.quick { " (quick mode: sizes are below the targets' conditions)" } else { "" }
-        );
+        )?;
     }
     drop(ctx);
     drop(work);
@@ -744,7 +746,7 @@ fn lookup(ctx: &mut Ctx) -> Result<Report> {
     let mem_hash =
         |i: usize| -> Result<bool> { Ok(hmap.get(&hashes[i]).is_some_and(|&j| atoms[j as usize].key == keys[i])) };
     if !quiet {
-        eprintln!("… {n} lookups × 8 runs over {stored_atoms} atoms");
+        errln!("… {n} lookups × 8 runs over {stored_atoms} atoms");
     }
     throughput(n.min(50_000), 1, &by_key)?; // warm-up
     for threads in [1, 2] {
@@ -1113,7 +1115,7 @@ fn measure_child(cmd: &[std::ffi::OsString], limit: Duration) -> Result<u8> {
     }
     // Linux reports ru_maxrss in KiB.
     let max_rss = ru.ru_maxrss.max(0) as u64 * 1024;
-    println!("{}", json!({"max_rss": max_rss, "peak_anon": peak_anon, "wall_ns": wall.as_nanos() as u64}));
+    outln!("{}", json!({"max_rss": max_rss, "peak_anon": peak_anon, "wall_ns": wall.as_nanos() as u64}))?;
     Ok(0)
 }
 

@@ -1,6 +1,7 @@
 //! One function per `hart` subcommand, over the storage interface.
 
 use crate::output::{self, bar, size, user};
+use crate::stdio::{errln, outln};
 use crate::{exit, Cli, Command};
 use anyhow::{Context, Result};
 use hart_core::{geom, Hash, HilbertKey};
@@ -9,7 +10,7 @@ use hart_store::ingest::{ingest_files, IngestOptions, Outcome, Progress};
 use hart_store::{ObjectInfo, Status, Store};
 use serde_json::json;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub fn run(cli: &Cli) -> Result<u8> {
@@ -47,14 +48,14 @@ fn db(cli: &Cli, c: &crate::DbCommand) -> Result<u8> {
                 None => "",
             };
             if cli.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "applied": r.applied, "version": r.version, "native_hilbert": r.native_hilbert })
-                );
+                )?;
             } else if r.applied.is_empty() {
-                println!("{settings}: up to date at version {}; {keys}", r.version);
+                outln!("{settings}: up to date at version {}; {keys}", r.version)?;
             } else {
-                println!("{settings}: applied {:?}, now at version {}; {keys}", r.applied, r.version);
+                outln!("{settings}: applied {:?}, now at version {}; {keys}", r.applied, r.version)?;
             }
         }
         crate::DbCommand::Status => {
@@ -64,10 +65,11 @@ fn db(cli: &Cli, c: &crate::DbCommand) -> Result<u8> {
                     .iter()
                     .map(|m| serde_json::json!({ "version": m.version, "name": m.name, "state": format!("{:?}", m.state).to_lowercase() }))
                     .collect();
-                println!("{}", serde_json::Value::Array(v));
+                outln!("{}", serde_json::Value::Array(v))?;
             } else {
+                let mut out = crate::stdio::stdout();
                 for m in &rows {
-                    println!("{:04} {:<28} {:?}", m.version, m.name, m.state);
+                    writeln!(out, "{:04} {:<28} {:?}", m.version, m.name, m.state)?;
                 }
             }
         }
@@ -82,7 +84,7 @@ pub(crate) fn flush(store: &dyn Store, quiet_json: bool) -> Result<()> {
         Ok(()) => Ok(()),
         Err(hart_store::StoreError::CheckpointDeferred(m)) => {
             if !quiet_json {
-                eprintln!("warning: {}", hart_store::StoreError::CheckpointDeferred(m));
+                errln!("warning: {}", hart_store::StoreError::CheckpointDeferred(m));
             }
             Ok(())
         }
@@ -98,15 +100,45 @@ pub(crate) fn store_dir(cli: &Cli) -> PathBuf {
     })
 }
 
-pub(crate) fn open(cli: &Cli, write: bool) -> Result<Box<dyn Store>> {
+/// What a command needs of the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Read a store that exists (`ls`, `cat`, `show`, `stats`, `fsck`, sync's source).
+    Read,
+    /// Write a store that exists (`rm`, `gc`): a missing store is an error, never created.
+    Write,
+    /// Write, creating the store if there is none (`ingest`).
+    Create,
+}
+
+pub(crate) fn open(cli: &Cli, access: Access) -> Result<Box<dyn Store>> {
     if let Some(settings) = database(cli)? {
         let s = hart_pg::PgStore::connect(&settings).with_context(|| format!("cannot open the database {settings}"))?;
         return Ok(Box::new(s));
     }
     let dir = store_dir(cli);
-    let s = EmbeddedStore::open_with(&dir, OpenOptions { read_only: !write, ..OpenOptions::default() })
-        .with_context(|| format!("cannot open the store at {}", dir.display()))?;
+    let context = || format!("cannot open the store at {}", dir.display());
+    if access != Access::Read {
+        before_writing(&dir, access).with_context(context)?;
+    }
+    let s = EmbeddedStore::open_with(&dir, OpenOptions { read_only: access == Access::Read, ..OpenOptions::default() })
+        .with_context(context)?;
     Ok(Box::new(s))
+}
+
+/// Before a writer opens `dir` (which creates it and its LOCK): only [`Access::Create`] may
+/// start a new store, and a directory that is not a store is refused with nothing left in it.
+/// A directory without a MANIFEST is looked at by a read-only open, which creates nothing
+/// and tells "no store here" from "something else is here".
+fn before_writing(dir: &Path, access: Access) -> Result<(), hart_store::StoreError> {
+    if dir.join("MANIFEST").exists() {
+        return Ok(());
+    }
+    match EmbeddedStore::open_with(dir, OpenOptions { read_only: true, ..OpenOptions::default() }) {
+        Ok(_) => Ok(()), // made by another writer meanwhile
+        Err(hart_store::StoreError::NoStore { .. }) if access == Access::Create => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Resolve an atom id: `#N` (object N's root), a Hilbert key `a:b:c`, a full hash, or a
@@ -166,7 +198,7 @@ fn status_name(s: Status) -> &'static str {
 }
 
 fn ingest(cli: &Cli, paths: &[PathBuf], modality: Option<hart_core::Modality>, workers: usize) -> Result<u8> {
-    let store = open(cli, true)?;
+    let store = open(cli, Access::Create)?;
     // Never ingest the store itself (`hart ingest ~` with the default store under ~).
     let own = std::fs::canonicalize(store_dir(cli)).ok();
     let (files, walk_errors) = hart_store::ingest::collect_files_excluding(paths, own.as_deref());
@@ -177,13 +209,16 @@ fn ingest(cli: &Cli, paths: &[PathBuf], modality: Option<hart_core::Modality>, w
     let mut stored: Vec<ObjectInfo> = Vec::new();
     let mut failed: Vec<(PathBuf, String)> = walk_errors;
     for (p, e) in &failed {
-        pb.suspend(|| eprintln!("skipped  {}: {e}", p.display()));
+        pb.suspend(|| errln!("skipped  {}: {e}", p.display()));
     }
     let opts = IngestOptions { modality, workers, ..IngestOptions::default() };
+    // A stdout that fails (other than a reader that left: see `stdio`) stops the listing, not
+    // the ingest: every file is still stored and committed, and the error is reported at the end.
+    let mut unprinted: Option<std::io::Error> = None;
     let result = output::ticking(&pb, &progress.bytes_done, || {
         ingest_files(store.as_ref(), &files, &opts, &progress, &mut |o| match o {
             Outcome::Stored { path, info } => {
-                if !cli.json {
+                if !cli.json && unprinted.is_none() {
                     let line = format!(
                         "{:<9} {}  {:>10}  {:<6}  {:>7} new {:>7} shared  {}",
                         status_name(info.status),
@@ -194,12 +229,14 @@ fn ingest(cli: &Cli, paths: &[PathBuf], modality: Option<hart_core::Modality>, w
                         info.atoms_referenced,
                         path.display()
                     );
-                    pb.suspend(|| println!("{line}"));
+                    if let Err(e) = pb.suspend(|| outln!("{line}")) {
+                        unprinted = Some(e);
+                    }
                 }
                 stored.push(info);
             }
             Outcome::Failed { path, error } => {
-                pb.suspend(|| eprintln!("failed   {}: {error}", path.display()));
+                pb.suspend(|| errln!("failed   {}: {error}", path.display()));
                 failed.push((path, error));
             }
         })
@@ -221,9 +258,11 @@ fn ingest(cli: &Cli, paths: &[PathBuf], modality: Option<hart_core::Modality>, w
                        "atoms_created": created, "atoms_referenced": referenced, "seconds": secs,
                        "mb_per_s": bytes as f64 / 1e6 / secs.max(1e-9)}
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        if unprinted.is_none() {
+            unprinted = outln!("{}", serde_json::to_string_pretty(&v)?).err();
+        }
     } else {
-        eprintln!(
+        errln!(
             "{} objects ({} unchanged, {} failed), {} in {:.2}s ({:.1} MB/s); {} new atoms, {} references to atoms already stored",
             stored.len(),
             unchanged,
@@ -235,17 +274,29 @@ fn ingest(cli: &Cli, paths: &[PathBuf], modality: Option<hart_core::Modality>, w
             referenced
         );
     }
+    if let Some(e) = unprinted {
+        return Err(anyhow::Error::new(e).context(format!(
+            "ingest finished ({} objects stored and durable, {} failed), but its report could not be written",
+            stored.len(),
+            failed.len()
+        )));
+    }
+    if !failed.is_empty() && stored.is_empty() {
+        // Every input failed: that is an error, not a partial success (README "Exit codes").
+        errln!("error: none of the {} inputs could be ingested (each is named above); nothing was stored", failed.len());
+        return Ok(exit::ERROR);
+    }
     Ok(if failed.is_empty() { 0 } else { exit::PARTIAL })
 }
 
 fn ls(cli: &Cli, all: bool) -> Result<u8> {
-    let store = open(cli, false)?;
+    let store = open(cli, Access::Read)?;
     let objs: Vec<ObjectInfo> = store.objects()?.into_iter().filter(|o| all || o.status == Status::Completed).collect();
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&objs)?);
+        outln!("{}", serde_json::to_string_pretty(&objs)?)?;
         return Ok(0);
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::stdio::stdout();
     writeln!(out, "{:>6}  {:<9}  {:<16}  {:>10}  {:<6}  uri", "id", "status", "root", "size", "kind")?;
     for o in &objs {
         writeln!(
@@ -263,44 +314,25 @@ fn ls(cli: &Cli, all: bool) -> Result<u8> {
 }
 
 fn cat(cli: &Cli, id: &str, output: Option<&PathBuf>) -> Result<u8> {
-    let store = open(cli, false)?;
+    if cli.json && output.is_none() {
+        return Err(user("`cat --json` needs -o FILE (the bytes go to the file, the summary to stdout)", exit::USAGE));
+    }
+    let store = open(cli, Access::Read)?;
     let root = resolve(store.as_ref(), id)?;
+    // Whole or nothing for a regular file, through for devices, FIFOs and symlinks, and a
+    // closed stdout is the reader's choice (see `outfile`).
     let n = match output {
-        Some(path) => {
-            let tmp = path.with_extension("hart-partial");
-            let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-            let n = store.cat(&root, &mut f)?;
-            f.sync_all().with_context(|| format!("cannot write {}", tmp.display()))?;
-            std::fs::rename(&tmp, path)
-                .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-            n
-        }
-        None => {
-            if cli.json {
-                return Err(user(
-                    "`cat --json` needs -o FILE (the bytes go to the file, the summary to stdout)",
-                    exit::USAGE,
-                ));
-            }
-            let stdout = std::io::stdout();
-            let mut lock = stdout.lock();
-            match store.cat(&root, &mut lock) {
-                Ok(n) => n,
-                Err(hart_store::StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
-                    return Ok(0)
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        Some(path) => crate::outfile::write_to(path, |w| store.cat(&root, w))?,
+        None => crate::outfile::write_to_stdout(|w| store.cat(&root, w))?,
     };
     if cli.json {
-        println!("{}", json!({"root": root, "bytes": n, "output": output}));
+        outln!("{}", json!({"root": root, "bytes": n, "output": output}))?;
     }
     Ok(0)
 }
 
 fn show(cli: &Cli, id: &str, all: bool) -> Result<u8> {
-    let store = open(cli, false)?;
+    let store = open(cli, Access::Read)?;
     let hash = resolve(store.as_ref(), id)?;
     let rec = store.get(&hash)?.ok_or_else(|| user(format!("no atom {hash}"), exit::NOT_FOUND))?;
     let mut kids = Vec::with_capacity(rec.children.len());
@@ -313,11 +345,11 @@ fn show(cli: &Cli, id: &str, all: bool) -> Result<u8> {
         let mut v = serde_json::to_value(&rec)?;
         v["geometry_wkt"] = json!(wkt);
         v["value_text"] = json!(rec.value.as_ref().and_then(|v| std::str::from_utf8(v).ok()));
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(0);
     }
     let p = rec.position;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::stdio::stdout();
     writeln!(out, "atom      {}", rec.hash)?;
     writeln!(out, "key       {}", rec.key)?;
     let kind = match rec.kind {
@@ -349,13 +381,13 @@ fn show(cli: &Cli, id: &str, all: bool) -> Result<u8> {
 }
 
 fn stats(cli: &Cli) -> Result<u8> {
-    let store = open(cli, false)?;
+    let store = open(cli, Access::Read)?;
     let s = store.stats()?;
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        outln!("{}", serde_json::to_string_pretty(&s)?)?;
         return Ok(0);
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::stdio::stdout();
     writeln!(out, "backend        {}", s.backend)?;
     writeln!(out, "objects        {}  ({} logical)", s.objects, size(s.logical_bytes))?;
     writeln!(out, "atoms          {}  ({} unique leaf bytes)", s.atoms, size(s.unique_bytes))?;
@@ -375,7 +407,7 @@ fn stats(cli: &Cli) -> Result<u8> {
 }
 
 fn rm(cli: &Cli, ids: &[String]) -> Result<u8> {
-    let store = open(cli, true)?;
+    let store = open(cli, Access::Write)?;
     let mut removed = Vec::new();
     for id in ids {
         let targets: Vec<u64> = if let Some(n) = id.strip_prefix('#') {
@@ -396,45 +428,45 @@ fn rm(cli: &Cli, ids: &[String]) -> Result<u8> {
         for t in targets {
             let info = store.delete_object(t)?;
             if !cli.json {
-                println!("removed  #{}  {}  {}", info.id, short(&info.root), info.uri);
+                outln!("removed  #{}  {}  {}", info.id, short(&info.root), info.uri)?;
             }
             removed.push(info);
         }
     }
     flush(store.as_ref(), cli.json)?;
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&json!({"removed": removed}))?);
+        outln!("{}", serde_json::to_string_pretty(&json!({"removed": removed}))?)?;
     } else {
-        eprintln!("{} object(s) removed; run `hart gc` to collect atoms nothing else uses", removed.len());
+        errln!("{} object(s) removed; run `hart gc` to collect atoms nothing else uses", removed.len());
     }
     Ok(0)
 }
 
 fn gc(cli: &Cli) -> Result<u8> {
-    let store = open(cli, true)?;
+    let store = open(cli, Access::Write)?;
     let start = Instant::now();
     let r = store.gc()?;
     flush(store.as_ref(), cli.json)?;
     if cli.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(
                 &json!({"atoms_removed": r.atoms_removed, "bytes_removed": r.bytes_removed, "seconds": start.elapsed().as_secs_f64()})
             )?
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "removed {} atoms ({} of records) in {:.2}s",
             r.atoms_removed,
             size(r.bytes_removed),
             start.elapsed().as_secs_f64()
-        );
+        )?;
     }
     Ok(0)
 }
 
 fn fsck(cli: &Cli) -> Result<u8> {
-    let store = open(cli, false)?;
+    let store = open(cli, Access::Read)?;
     let pb = bar(0, "fsck", cli.quiet || cli.json);
     let start = Instant::now();
     let r = store.fsck(&|done, total| {
@@ -443,26 +475,26 @@ fn fsck(cli: &Cli) -> Result<u8> {
     })?;
     pb.finish_and_clear();
     if cli.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(
                 &json!({"ok": r.ok(), "report": r, "seconds": start.elapsed().as_secs_f64()})
             )?
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "checked {} atoms, {} references, {} objects ({} rebuilt) in {:.2}s",
             r.atoms_checked,
             r.references_counted,
             r.objects_checked,
             size(r.bytes_reconstructed),
             start.elapsed().as_secs_f64()
-        );
+        )?;
         if r.ok() {
-            println!("ok: reference counts, hashes, indexes and objects all agree");
+            outln!("ok: reference counts, hashes, indexes and objects all agree")?;
         } else {
             for p in &r.problems {
-                println!("problem: {p}");
+                outln!("problem: {p}")?;
             }
         }
     }

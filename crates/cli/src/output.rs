@@ -1,6 +1,7 @@
 //! Human and JSON output: sizes, tables, progress bars, and error reports with exit codes.
 
 use crate::exit;
+use crate::stdio::{errln, outln};
 use hart_store::StoreError;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -58,14 +59,8 @@ pub fn ticking<T>(pb: &ProgressBar, position: &AtomicU64, f: impl FnOnce() -> T)
 
 /// Print an error (what, cause, what to do) and return its exit code.
 pub fn report_error(e: &anyhow::Error, json: bool) -> u8 {
-    // A closed pipe (`hart ls | head`) is how a reader says it has enough: stop quietly.
-    let broken_pipe = e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            || matches!(c.downcast_ref::<StoreError>(), Some(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe)
-    });
-    if broken_pipe {
-        return 0;
-    }
+    // (A reader that closed stdout is not an error: `stdio` and `outfile` end output there,
+    // so no error reaches this point for it.)
     let store = e.chain().find_map(|c| c.downcast_ref::<StoreError>());
     let (code, hint) = match store {
         Some(StoreError::NotFound { .. }) | Some(StoreError::NoStore { .. }) => (exit::NOT_FOUND, None),
@@ -84,15 +79,17 @@ pub fn report_error(e: &anyhow::Error, json: bool) -> u8 {
     if json {
         let causes: Vec<String> = e.chain().skip(1).map(|c| c.to_string()).collect();
         let v = serde_json::json!({ "error": e.to_string(), "causes": causes, "hint": hint, "exit_code": code });
-        println!("{v}");
-    } else {
-        eprintln!("error: {e}");
-        for c in e.chain().skip(1) {
-            eprintln!("  cause: {c}");
+        if outln!("{v}").is_ok() && !crate::stdio::closed() {
+            return code;
         }
-        if let Some(h) = hint {
-            eprintln!("  hint: {h}");
-        }
+        // stdout cannot take the report (it may be what failed): stderr gets it.
+    }
+    errln!("error: {e}");
+    for c in e.chain().skip(1) {
+        errln!("  cause: {c}");
+    }
+    if let Some(h) = hint {
+        errln!("  hint: {h}");
     }
     code
 }

@@ -9,9 +9,10 @@
 //! object is read back from the destination and hashed once more. Memory stays bounded
 //! whatever the object sizes: the bytes move through a bounded channel of 1 MiB pieces.
 
-use crate::commands::{database, flush, open, short, store_dir};
+use crate::commands::{database, flush, open, short, store_dir, Access};
 use crate::exit;
 use crate::output::{bar, size, ticking, user};
+use crate::stdio::{errln, outln};
 use anyhow::{Context, Result};
 use hart_core::Hash;
 use hart_embedded::{EmbeddedStore, OpenOptions};
@@ -41,8 +42,9 @@ to the source's recorded BLAKE3. Unless --no-verify, each copied object is then 
 the destination and hashed again. A mismatch stops the sync with exit code 1 and removes the
 unequal copy (its atoms are collected by `hart gc`).
 
-Exit codes: 0 all copied or present, 1 error or mismatch, 2 usage, 3 no source store,
-4 some source objects could not be read (the others were copied), 6 destination locked.";
+Exit codes: 0 all copied or present, 1 error, mismatch, or no source object could be read,
+2 usage, 3 no source store, 4 some source objects could not be read (the others were copied),
+6 destination locked.";
 
 #[derive(clap::Args)]
 pub struct SyncArgs {
@@ -150,7 +152,7 @@ pub fn run(cli: &crate::Cli, args: &SyncArgs) -> Result<u8> {
     if same {
         return Err(user(format!("--to names the source itself ({dest}): give another store"), exit::USAGE));
     }
-    let source = open(cli, false)?;
+    let source = open(cli, Access::Read)?;
     let target = open_dest(&dest)?;
     let start = Instant::now();
 
@@ -228,9 +230,9 @@ pub fn run(cli: &crate::Cli, args: &SyncArgs) -> Result<u8> {
                     line.uri
                 );
                 if line.error.is_some() {
-                    pb.suspend(|| eprintln!("{text}"));
+                    pb.suspend(|| errln!("{text}"));
                 } else {
-                    pb.suspend(|| println!("{text}"));
+                    pb.suspend(|| outln!("{text}"))?;
                 }
             }
             report.push(line);
@@ -262,14 +264,19 @@ pub fn run(cli: &crate::Cli, args: &SyncArgs) -> Result<u8> {
                        "atoms_referenced": referenced, "seconds": secs,
                        "mb_per_s": bytes as f64 / 1e6 / secs.max(1e-9)}
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        eprintln!(
+        errln!(
             "{copied} objects copied ({skipped} already there, {failed} unreadable), {} in {secs:.2}s ({:.1} MB/s); \
              {created} new atoms; {verified} read back and verified; roots equal",
             size(bytes),
             bytes as f64 / 1e6 / secs.max(1e-9),
         );
+    }
+    if failed > 0 && copied + skipped == 0 {
+        // Every object failed: an error, not a partial success (README "Exit codes").
+        errln!("error: none of the {failed} objects could be read from the source; nothing was copied");
+        return Ok(exit::ERROR);
     }
     Ok(if failed == 0 { 0 } else { exit::PARTIAL })
 }

@@ -67,10 +67,11 @@ fn missing_paths_and_broken_symlinks_are_reported_and_skipped() {
     r.expect_code(exit::PARTIAL);
     assert_clear(&r, &[missing.to_str().unwrap(), "No such file"]);
     assert!(store.ls(false).iter().any(|o| o.path() == canon(&good)), "the good file was stored");
-    // Only a nonexistent path: nothing stored, still exit 4, and the JSON names it.
+    // Only a nonexistent path: nothing stored, exit 1 (every input failed: issue 12), and the
+    // JSON names it.
     let before = store.stats();
     let r = store.run(&["--json", "ingest", missing.to_str().unwrap()]);
-    r.expect_code(exit::PARTIAL);
+    r.expect_code(exit::ERROR);
     let v = r.json();
     assert_eq!(v["failed"][0]["path"], missing.to_str().unwrap());
     assert!(v["failed"][0]["error"].as_str().unwrap().contains("No such file"), "{v}");
@@ -90,8 +91,8 @@ fn missing_paths_and_broken_symlinks_are_reported_and_skipped() {
     let r = store.run(&["--json", "ingest", links.to_str().unwrap()]);
     r.expect_code(exit::PARTIAL);
     let direct = store.run(&["ingest", dangling.to_str().unwrap()]);
-    direct.expect_code(exit::PARTIAL);
-    assert_clear(&direct, &[dangling.to_str().unwrap(), "No such file"]);
+    direct.expect_code(exit::ERROR);
+    assert_clear(&direct, &[dangling.to_str().unwrap(), "No such file", "none of the 1 inputs could be ingested"]);
     let v = r.json();
     let failed: Vec<String> =
         v["failed"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap().to_string()).collect();
@@ -498,8 +499,8 @@ fn a_second_writer_gets_exit_code_6_and_readers_keep_working() {
     let mut child = store.spawn(&["ingest", big.to_str().unwrap()], Spawn::default());
     let pid = child.id().to_string();
     // Wait until the writer holds the lock (it writes its pid into LOCK), then freeze it.
+    // (No time limit: the writer either takes the lock or exits, however slow the machine.)
     let lock = store.dir.join("LOCK");
-    let start = Instant::now();
     loop {
         if std::fs::read_to_string(&lock).map(|s| s.trim() == pid).unwrap_or(false) {
             signal(&child, libc::SIGSTOP);
@@ -508,7 +509,6 @@ fn a_second_writer_gets_exit_code_6_and_readers_keep_working() {
         if let Some(st) = child.try_wait().unwrap() {
             panic!("the writer finished ({st}) before the test saw it take the lock");
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "the writer never took the lock");
         std::thread::sleep(Duration::from_millis(1));
     }
     let result = std::panic::catch_unwind(|| {
@@ -597,12 +597,14 @@ fn ingesting_a_tree_that_contains_the_store_terminates() {
     store.ingest(&[&tree.join("docs")]);
     let mut child = store.spawn(&["ingest", tree.to_str().unwrap()], Spawn::default());
     let start = Instant::now();
+    // The failure was growth without bound, so growth is what ends the wait (no time limit:
+    // a slow machine takes longer, not more space).
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
             break Some(st);
         }
         let size = dir_bytes(&store.dir);
-        if size > 64 << 20 || start.elapsed() > Duration::from_secs(60) {
+        if size > 64 << 20 {
             child.kill().unwrap();
             child.wait().unwrap();
             eprintln!(
