@@ -252,11 +252,21 @@ impl<const K: usize> Run<K> {
             return Err(corrupt("not an index run"));
         }
         let word = |i: usize| u64::from_le_bytes(map[8 * i..8 * i + 8].try_into().expect("8"));
-        let (k, count, words) = (word(1), word(2) as usize, word(3) as usize);
+        let (k, count, words) = (word(1), word(2), word(3));
+        // The sizes are read from the file: checked arithmetic, so that no count can wrap
+        // around to a size that matches the file.
+        let layout = || -> Option<(usize, usize, usize)> {
+            let count = usize::try_from(count).ok()?;
+            let words = usize::try_from(words).ok()?;
+            let body = count.checked_mul(Self::ENTRY)?.checked_add(Self::HEADER)?;
+            let fences_at = words.checked_mul(8)?.checked_add(body)?;
+            let end = count.div_ceil(BLOCK).checked_mul(K)?.checked_add(fences_at)?;
+            Some((count, words, end))
+        };
+        let (count, words, end) = layout().ok_or_else(|| corrupt("index run has the wrong size"))?;
         let body = Self::HEADER + count * Self::ENTRY;
-        let nfences = count.div_ceil(BLOCK);
         let fences_at = body + words * 8;
-        if k as usize != K || map.len() != fences_at + nfences * K {
+        if k != K as u64 || map.len() != end {
             return Err(corrupt("index run has the wrong size"));
         }
         if words % BLOCK_WORDS != 0 {
@@ -342,6 +352,11 @@ impl<const K: usize> Run<K> {
         self.count
     }
 
+    /// The fences' keys, in file order (the fuzzing harness looks them up).
+    pub(crate) fn fence_keys(&self) -> Vec<[u8; K]> {
+        self.fences.iter().map(|f| f.to_be_bytes()[..K].try_into().expect("K")).collect()
+    }
+
     /// Index of the first entry whose key is ≥ `key`.
     fn lower_bound(&self, key: &[u8; K]) -> usize {
         // The last fence ≤ key bounds the block to search.
@@ -361,7 +376,10 @@ impl<const K: usize> Run<K> {
                 let span = ((key - f0) as f64 / (f1 - f0) as f64 * BLOCK as f64) as usize;
                 let mut i = (lo + span).clamp(lo + 1, lo + BLOCK);
                 for _ in 0..INTERPOLATION_STEPS {
-                    if ordinal(self.entry(i - 1).0) >= key {
+                    // In a well-formed run entry(lo) is the fence f0 < key, so i never falls
+                    // to lo; in a corrupt one (fences that are not its entries' keys) the
+                    // walk must not step below the block.
+                    if i > lo + 1 && ordinal(self.entry(i - 1).0) >= key {
                         i -= 1; // the answer is at or before i - 1
                     } else if i < self.count && ordinal(self.entry(i).0) < key {
                         i += 1;
@@ -778,6 +796,57 @@ mod tests {
         runs.add(dir.path(), &mut next, batch(999), &|_| true, false).unwrap();
         assert!(runs.runs.len() < FANOUT, "{} runs after an eager add", runs.runs.len());
         assert_eq!(runs.entries(), before + 100);
+    }
+
+    /// Fuzzing regression: a header whose bloom size wraps `words * 8` around to the real
+    /// size opened (and lookups then read bloom words far past the file); it is rejected.
+    #[test]
+    fn open_rejects_sizes_that_wrap_around() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<([u8; 8], u64)> = (0..300u64).map(|i| (i.to_be_bytes(), i)).collect();
+        let run = Run::<8>::write(dir.path(), 1, "t", entries.len(), entries.into_iter()).unwrap();
+        let path = run.path.clone();
+        drop(run);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let words = u64::from_le_bytes(bytes[24..32].try_into().unwrap());
+        assert!(words > 0);
+        bytes[24..32].copy_from_slice(&(words + (1 << 61)).to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(Run::<8>::open(&path, 1).is_err());
+        // A count whose entries' bytes wrap around.
+        bytes[24..32].copy_from_slice(&words.to_le_bytes());
+        bytes[16..24].copy_from_slice(&(300u64 + (1 << 60)).to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(Run::<8>::open(&path, 1).is_err());
+        bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(Run::<8>::open(&path, 1).is_err());
+    }
+
+    /// Fuzzing regression: fences that are not the keys of their entries (a corrupt run;
+    /// open reads only the header and fences) sent the interpolated walk below entry 0.
+    #[test]
+    fn lower_bound_survives_fences_that_are_not_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<([u8; 8], u64)> = (0..300u64).map(|i| ((1000 + i).to_be_bytes(), i)).collect();
+        // No bloom (cap above the bloom limit), so lookups reach the search.
+        let run = Run::<8>::write(dir.path(), 1, "t", 5000, entries.into_iter()).unwrap();
+        let path = run.path.clone();
+        drop(run);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        for (i, f) in [0u64, 100, 200].into_iter().enumerate() {
+            bytes[n - 24 + 8 * i..n - 16 + 8 * i].copy_from_slice(&f.to_be_bytes());
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let run = Run::<8>::open(&path, 1).unwrap();
+        for key in [1u64, 2, 50, 99, 100, 101, 150, 199, 5000] {
+            assert!(run.lower_bound(&key.to_be_bytes()) <= run.len());
+            let mut out = Vec::new();
+            run.find(&key.to_be_bytes(), &mut out);
+            let mut range = Vec::new();
+            run.range(&key.to_be_bytes(), &[0xff; 8], 10, &mut range);
+        }
     }
 
     /// The interpolated search agrees with a binary search over the sorted entries, for keys

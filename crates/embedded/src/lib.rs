@@ -15,6 +15,7 @@
 //! a compaction, counted in `stats`).
 
 mod fsck;
+#[doc(hidden)] pub mod fuzzing;
 mod hot;
 mod index;
 mod log;

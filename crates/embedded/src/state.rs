@@ -31,7 +31,32 @@ pub struct Counters {
     pub dead_bytes: u64,
 }
 
+/// No count can pass this: a log holds at most 2^62 bytes (2^32 segments of at most 2^30),
+/// and every atom, and every byte of a value, takes at least one of them.
+pub const COUNTER_MAX: u64 = 1 << 62;
+
 impl Counters {
+    /// Counters read from a checkpoint are within what a log can hold (so that the
+    /// arithmetic done on them, and on sums of them, cannot overflow).
+    pub fn check(&self) -> Result<(), String> {
+        if self.per_modality.len() > 256 {
+            return Err(format!("counters for {} modalities", self.per_modality.len()));
+        }
+        let sum = |f: fn(&ModalityStats) -> u64| {
+            self.per_modality.iter().try_fold(0u64, |a, m| a.checked_add(f(m)).filter(|&s| s <= COUNTER_MAX))
+        };
+        let atoms = sum(|m| m.leaves).zip(sum(|m| m.composites)).and_then(|(l, c)| l.checked_add(c));
+        let within = |v: Option<u64>| v.is_some_and(|v| v <= COUNTER_MAX);
+        if !within(atoms)
+            || !within(sum(|m| m.leaf_bytes))
+            || !within(Some(self.dead_atoms))
+            || !within(Some(self.dead_bytes))
+        {
+            return Err("counters larger than any log".into());
+        }
+        Ok(())
+    }
+
     pub fn at(&mut self, modality: u8) -> &mut ModalityStats {
         let i = modality as usize;
         if self.per_modality.len() <= i {
@@ -186,16 +211,18 @@ impl State {
         if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4")) {
             return Err(corrupt("state checkpoint checksum mismatch"));
         }
-        let jl = u64::from_le_bytes(body[8..16].try_into().expect("8")) as usize;
-        let json = body.get(16..16 + jl).ok_or_else(|| corrupt("truncated"))?;
-        let meta: Meta = serde_json::from_slice(json).map_err(|e| corrupt(&e.to_string()))?;
-        let p = 16 + jl;
-        let n =
-            u64::from_le_bytes(body.get(p..p + 8).ok_or_else(|| corrupt("truncated"))?.try_into().expect("8")) as usize;
-        let entries = body.get(p + 8..).ok_or_else(|| corrupt("truncated"))?;
-        if entries.len() != n * 12 {
+        // Lengths read from the file are checked against its size before any use.
+        let jl = u64::from_le_bytes(body[8..16].try_into().expect("8"));
+        let p = usize::try_from(jl).ok().and_then(|jl| jl.checked_add(16)).filter(|&p| p <= body.len());
+        let p = p.ok_or_else(|| corrupt("truncated"))?;
+        let meta: Meta = serde_json::from_slice(&body[16..p]).map_err(|e| corrupt(&e.to_string()))?;
+        meta.counters.check().map_err(|e| corrupt(&e))?;
+        let n = u64::from_le_bytes(body.get(p..p + 8).ok_or_else(|| corrupt("truncated"))?.try_into().expect("8"));
+        let entries = &body[p + 8..];
+        if entries.len() % 12 != 0 || (entries.len() / 12) as u64 != n {
             return Err(corrupt("reference table has the wrong size"));
         }
+        let n = entries.len() / 12;
         let mut refs = FxHashMap::default();
         refs.reserve(n);
         for e in entries.chunks_exact(12) {
@@ -216,6 +243,78 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A checkpoint file: magic, the JSON length as given, the JSON, the entry count as
+    /// given, `entries` bytes, and a correct CRC.
+    fn checkpoint(json_len: u64, json: &[u8], count: u64, entries: &[u8]) -> Vec<u8> {
+        let mut b = STATE_MAGIC.to_vec();
+        b.extend_from_slice(&json_len.to_le_bytes());
+        b.extend_from_slice(json);
+        b.extend_from_slice(&count.to_le_bytes());
+        b.extend_from_slice(entries);
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    const META: &[u8] =
+        br#"{"objects":[],"next_object":1,"counters":{"per_modality":[],"dead_atoms":0,"dead_bytes":0}}"#;
+
+    fn load(bytes: &[u8]) -> Result<State, StoreError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.bin");
+        std::fs::write(&path, bytes).unwrap();
+        State::load(&path)
+    }
+
+    /// Fuzzing regression: a JSON length near 2^64 overflowed `16 + length`.
+    #[test]
+    fn load_rejects_json_length_past_the_file() {
+        for jl in [u64::MAX, u64::MAX - 15, 1 << 40, META.len() as u64 + 1] {
+            let b = checkpoint(jl, META, 0, &[]);
+            assert!(matches!(load(&b), Err(StoreError::Corrupt { .. })), "json length {jl}");
+        }
+        assert!(load(&checkpoint(META.len() as u64, META, 0, &[])).is_ok());
+    }
+
+    /// Fuzzing regression: an entry count whose `× 12` wraps around to the table's real size
+    /// (2^62 × 12 ≡ 0) passed the size check and then reserved 2^62 entries.
+    #[test]
+    fn load_rejects_entry_counts_that_wrap_around() {
+        let jl = META.len() as u64;
+        for (n, entries) in [(1u64 << 62, &[][..]), ((1 << 62) + 1, &[7u8; 12][..]), (u64::MAX, &[][..])] {
+            let b = checkpoint(jl, META, n, entries);
+            assert!(matches!(load(&b), Err(StoreError::Corrupt { .. })), "count {n}");
+        }
+        let mut one = 5u64.to_le_bytes().to_vec();
+        one.extend_from_slice(&3u32.to_le_bytes());
+        assert_eq!(load(&checkpoint(jl, META, 1, &one)).unwrap().refs.get(&5), Some(&3));
+    }
+
+    /// Fuzzing regression: counters near 2^64 overflowed when replay or `stats` added to
+    /// them; a checkpoint's counters cannot pass what a log holds.
+    #[test]
+    fn load_rejects_counters_no_log_can_hold() {
+        let big = |c: &str| {
+            format!(
+                r#"{{"objects":[],"next_object":1,"counters":{{"per_modality":{c},"dead_atoms":0,"dead_bytes":0}}}}"#
+            )
+        };
+        for c in [
+            format!(r#"[{{"leaves":{},"composites":0,"leaf_bytes":0}}]"#, u64::MAX),
+            format!(r#"[{{"leaves":{m},"composites":{m},"leaf_bytes":0}}]"#, m = 1u64 << 61 | 1),
+            format!(
+                r#"[{{"leaves":0,"composites":0,"leaf_bytes":{m}}},{{"leaves":0,"composites":0,"leaf_bytes":{m}}}]"#,
+                m = 1u64 << 61 | 1
+            ),
+        ] {
+            let json = big(&c);
+            let b = checkpoint(json.len() as u64, json.as_bytes(), 0, &[]);
+            assert!(matches!(load(&b), Err(StoreError::Corrupt { .. })), "{c}");
+        }
+        let json = big(r#"[{"leaves":3,"composites":2,"leaf_bytes":9}]"#);
+        assert!(load(&checkpoint(json.len() as u64, json.as_bytes(), 0, &[])).is_ok());
+    }
 
     /// `add_refs(n)` and `created_with(n)` leave the map as `n` calls of `incref` would.
     #[test]
