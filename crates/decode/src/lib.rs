@@ -21,7 +21,7 @@ pub mod text;
 pub use binary::BinaryChunker;
 pub use detect::{choose_modality, Utf8Validator};
 pub use hart_core::LEAF_MAX;
-pub use text::TextTokenizer;
+pub use text::{Kernel, TextTokenizer};
 
 use hart_core::Modality;
 

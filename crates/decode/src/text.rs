@@ -32,7 +32,9 @@
 //!
 //! One table lookup per byte (the run key), tokens handed out as borrowed slices of the input; only the
 //! token that crosses the end of a piece is copied (into a fixed 64-byte carry), and no call
-//! allocates.
+//! allocates. Where the CPU has AVX-512BW, boundaries are found 64 bytes at a time
+//! ([`Kernel::Avx512`]); [`TextTokenizer::with_kernel`] lets tests run each [`Kernel`] the CPU
+//! has and hold it to the scalar kernel's tokens.
 
 use crate::{Decoder, LeafSink};
 use hart_core::{Modality, LEAF_MAX};
@@ -79,6 +81,45 @@ fn cut(run: &[u8]) -> usize {
     (LEAF_MAX - 3..=LEAF_MAX).rev().find(|&j| run[j] & 0xC0 != 0x80).unwrap_or(LEAF_MAX)
 }
 
+/// The code that finds token boundaries. Every kernel gives exactly the scalar kernel's
+/// tokens (tests/text.rs runs each one this CPU has against it); [`TextTokenizer::new`]
+/// takes the fastest this CPU has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Kernel {
+    /// A byte at a time: every CPU. The other kernels hand it `\r\n`, the ends of pieces and
+    /// short pieces.
+    Scalar,
+    /// 64 bytes at a time with AVX-512BW (x86-64), on pieces of 256 bytes or more without
+    /// `\r`.
+    Avx512,
+}
+
+impl Kernel {
+    /// Every kernel, available on this CPU or not.
+    pub const ALL: [Kernel; 2] = [Kernel::Scalar, Kernel::Avx512];
+
+    /// Whether this CPU can run the kernel.
+    pub fn available(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => simd::available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx512 => false,
+        }
+    }
+
+    /// The fastest kernel this CPU can run.
+    pub fn best() -> Kernel {
+        if Kernel::Avx512.available() {
+            Kernel::Avx512
+        } else {
+            Kernel::Scalar
+        }
+    }
+}
+
 /// Streaming tokenizer for UTF-8 text (modality [`Modality::Text`]); groups are lines.
 /// See the module documentation for the token rules.
 #[derive(Clone, Debug)]
@@ -91,6 +132,10 @@ pub struct TextTokenizer {
     open: u8,
     /// Some token has been emitted since the last line end.
     line_open: bool,
+    /// Finds token boundaries; only ever a kernel this CPU has (see `with_kernel`).
+    kernel: Kernel,
+    /// Bytes whose token boundaries a vector kernel found.
+    vector_bytes: u64,
 }
 
 impl Default for TextTokenizer {
@@ -100,8 +145,33 @@ impl Default for TextTokenizer {
 }
 
 impl TextTokenizer {
+    /// A tokenizer on the fastest kernel this CPU has.
     pub fn new() -> Self {
-        TextTokenizer { carry: [0; LEAF_MAX + 1], carry_len: 0, open: WORD, line_open: false }
+        TextTokenizer {
+            carry: [0; LEAF_MAX + 1],
+            carry_len: 0,
+            open: WORD,
+            line_open: false,
+            kernel: Kernel::best(),
+            vector_bytes: 0,
+        }
+    }
+
+    /// A tokenizer on `kernel`, or `None` when this CPU cannot run it. The tokens are the
+    /// same whatever the kernel; this is for tests and measurements.
+    pub fn with_kernel(kernel: Kernel) -> Option<Self> {
+        kernel.available().then(|| TextTokenizer { kernel, ..TextTokenizer::new() })
+    }
+
+    /// The kernel this tokenizer runs.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// How many bytes so far had their token boundaries found by a vector kernel (0 on the
+    /// scalar kernel): what shows that the vector path ran.
+    pub fn vector_bytes(&self) -> u64 {
+        self.vector_bytes
     }
 
     /// [`Decoder::feed`], monomorphised over the sink.
@@ -179,9 +249,12 @@ impl TextTokenizer {
     fn tokenize<S: LeafSink + ?Sized>(&mut self, data: &[u8], mut i: usize, sink: &mut S) {
         let n = data.len();
         #[cfg(target_arch = "x86_64")]
-        if n - i >= 256 && simd::available() && !data[i..].contains(&b'\r') {
-            // SAFETY: the CPU has AVX-512BW (checked by `available`).
-            i = unsafe { simd::tokenize(self, data, i, sink) };
+        if self.kernel == Kernel::Avx512 && n - i >= 256 && !data[i..].contains(&b'\r') {
+            // SAFETY: the kernel is Avx512 only where the CPU has AVX-512BW (`with_kernel`,
+            // `Kernel::best`).
+            let j = unsafe { simd::tokenize(self, data, i, sink) };
+            self.vector_bytes += (j - i) as u64;
+            i = j;
         }
         while i < n {
             let start = i;
