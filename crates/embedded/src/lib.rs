@@ -15,7 +15,8 @@
 //! a compaction, counted in `stats`).
 
 mod fsck;
-#[doc(hidden)] pub mod fuzzing;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hot;
 mod index;
 mod log;
@@ -66,6 +67,9 @@ struct Manifest {
     hash_runs: Vec<u64>,
     key_runs: Vec<u64>,
     next_run: u64,
+    /// Each segment's length at the checkpoint (a segment found shorter was cut).
+    #[serde(default)]
+    segments: Vec<u64>,
 }
 
 /// How to open a store.
@@ -75,6 +79,27 @@ pub struct OpenOptions {
     pub read_only: bool,
     /// fsync at every commit (default: at checkpoints, every 64 MiB, and on flush/close).
     pub sync_every_commit: bool,
+    /// Rebuild every derived file (indexes, reference counts, the ingestion log's state, the
+    /// manifest) from the log, reading past damaged frames: `hart fsck --repair`. (A writer
+    /// also rebuilds by itself when a derived file is missing or unreadable.)
+    pub rebuild: bool,
+}
+
+/// When [`EmbeddedStore::load`] rebuilds the derived files from the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rebuild {
+    Never,
+    IfNeeded,
+    Always,
+}
+
+/// What a rebuild found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Damaged stretches of the log it read past.
+    pub damaged: u64,
+    /// Records it skipped because they needed what a damaged stretch held.
+    pub skipped: u64,
 }
 
 /// The embedded store.
@@ -116,6 +141,10 @@ pub(crate) struct Inner {
     checkpointed_at: u64,
     /// Runs merged away since the last checkpoint: the durable manifest may still name them.
     pending_delete: Vec<PathBuf>,
+    /// Set when this open rebuilt every derived file from the log.
+    rebuilt: Option<Rebuilt>,
+    /// Damage this open found in the log (a reader opens anyway; its reads verify).
+    damage: Option<String>,
     /// Recently put or found atoms, across sessions: a file's vocabulary is mostly the
     /// previous file's, and this spares a trip to the index runs for each of its atoms.
     hot: HotCache,
@@ -592,8 +621,21 @@ impl Inner {
                 (m, h, p, AtomKind::Leaf, Some(value.to_vec()), Vec::new())
             }
             Rec::Node { modality, hash, pos, children } => {
-                let kids = self.hashes_of(children)?;
-                (Modality::from_u8(modality).map_err(bad)?, hash, pos, AtomKind::Node, None, kids)
+                let m = Modality::from_u8(modality).map_err(bad)?;
+                let kids = self.hashes_of(children.map(|c| self.redirect(c)))?;
+                // Verify on read: the children listed must hash to the composite.
+                let again = hart_core::atom::node_hash(m, &kids);
+                if again != hash {
+                    return Err(read::Damage {
+                        off,
+                        expected: hash,
+                        found: again,
+                        what: "the composite's children do not hash to it".into(),
+                        byte: 0,
+                    }
+                    .into_error_at(self, None));
+                }
+                (m, hash, pos, AtomKind::Node, None, kids)
             }
             _ => return Err(corrupt(&self.dir, off, "offset does not hold an atom")),
         };
@@ -712,6 +754,7 @@ impl Inner {
             hash_runs: self.hruns.ids(),
             key_runs: self.kruns.ids(),
             next_run: self.manifest.next_run,
+            segments: self.log.segment_lengths(),
         };
         write_manifest(&self.dir, &m)?;
         self.manifest = m;
@@ -773,16 +816,29 @@ impl EmbeddedStore {
             }
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
         }
+        // Refuse a directory of something else before leaving a lock file in it.
+        if !dir.join("MANIFEST").exists() && !log::has_segments(&dir.join("log")) {
+            check_not_foreign(dir)?;
+        }
         let lock = if writable { Some(take_lock(dir)?) } else { None };
-        // A reader may race a writer's checkpoint (files renamed away under it): retry.
+        // A reader may race a writer's checkpoint (files renamed away under it): retry, and
+        // only then rebuild what is missing from the log.
         let mut attempt = 0;
         let inner = loop {
-            match Self::load(dir, writable) {
+            let rebuild = match (opts.rebuild, writable || attempt >= 5) {
+                (true, _) => Rebuild::Always,
+                (false, true) => Rebuild::IfNeeded,
+                (false, false) => Rebuild::Never,
+            };
+            match Self::load(dir, writable, rebuild) {
                 Err(StoreError::Io { source, .. })
                     if !writable && source.kind() == std::io::ErrorKind::NotFound && attempt < 5 =>
                 {
                     attempt += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(StoreError::Corrupt { .. } | StoreError::NotAStore { .. }) if !writable && attempt < 5 => {
+                    attempt = 5;
                 }
                 r => break r?,
             }
@@ -796,52 +852,82 @@ impl EmbeddedStore {
         })
     }
 
-    fn load(dir: &Path, writable: bool) -> Result<Inner, StoreError> {
-        let manifest = match read_manifest(dir)? {
-            Some(m) => m,
-            None => {
-                // A store whose creation was interrupted (full disk, kill) has at most the lock,
-                // a temporary manifest and empty subdirectories: start it again.
-                let leftover = |e: &std::fs::DirEntry| {
-                    let name = e.file_name();
-                    let path = e.path();
-                    name == "LOCK"
-                        || name == "MANIFEST.tmp"
-                        || (["log", "index", "state"].iter().any(|d| name == *d)
-                            && path.is_dir()
-                            && std::fs::read_dir(&path).map(|mut r| r.next().is_none()).unwrap_or(false))
-                };
-                let foreign = std::fs::read_dir(dir)
-                    .map_err(|e| StoreError::io("read", dir, e))?
-                    .filter_map(Result::ok)
-                    .any(|e| !leftover(&e));
-                if foreign {
-                    return Err(StoreError::NotAStore {
-                        path: dir.to_path_buf(),
-                        reason: "it has files but no MANIFEST; pass an empty or new directory as --store".into(),
-                    });
-                }
-                if !writable {
-                    return Err(StoreError::NoStore { path: dir.to_path_buf() });
-                }
-                for sub in ["log", "index", "state"] {
-                    std::fs::create_dir_all(dir.join(sub)).map_err(|e| StoreError::io("create", dir.join(sub), e))?;
-                }
-                let m = Manifest { format: STORE_FORMAT, next_run: 1, ..Manifest::default() };
-                write_manifest(dir, &m)?;
-                m
-            }
+    /// Load the store: manifest, derived files, then a replay of the log after the checkpoint.
+    /// When a derived file (manifest, state, index run) is missing or unreadable and `rebuild`
+    /// allows it, everything derived is rebuilt by replaying the whole log instead. Damage in
+    /// the log before its end, or a log shorter than the checkpoint, makes a writer's open fail
+    /// ([`StoreError::StoreDamaged`]) unless this is a rebuild, which reads past it.
+    fn load(dir: &Path, writable: bool, rebuild: Rebuild) -> Result<Inner, StoreError> {
+        let has_log = log::has_segments(&dir.join("log"));
+        let manifest = match read_manifest(dir) {
+            Ok(Some(m)) => Some(m),
+            Ok(None) => None,
+            // An unreadable manifest is derived data too, when there is a log to rebuild from.
+            Err(StoreError::NotAStore { .. }) if has_log && rebuild != Rebuild::Never => None,
+            Err(e) => return Err(e),
         };
-        let state = match manifest.state {
-            Some(g) => State::load(&dir.join("state").join(format!("state-{g:08}.bin")))?,
-            None => State { next_object: 1, ..State::default() },
+        let mut rebuilding = rebuild == Rebuild::Always;
+        let manifest = match manifest {
+            Some(m) => m,
+            None if has_log => {
+                if rebuild == Rebuild::Never {
+                    return Err(StoreError::io(
+                        "read",
+                        dir.join("MANIFEST"),
+                        std::io::Error::from(std::io::ErrorKind::NotFound),
+                    ));
+                }
+                rebuilding = true;
+                Manifest { format: STORE_FORMAT, next_run: 1, ..Manifest::default() }
+            }
+            None => Self::create(dir, writable)?,
         };
         let index_dir = dir.join("index");
-        let hruns = Runs::open(&index_dir, "hash", &manifest.hash_runs)?;
-        // The key index serves queries only (collisions are found through the hash index), so
-        // it merges less eagerly.
-        let kruns = Runs::open(&index_dir, "key", &manifest.key_runs)?.with_fanout(8);
+        let derived = || -> Result<(State, Runs<16>, Runs<8>), StoreError> {
+            let state = match manifest.state {
+                Some(g) => State::load(&dir.join("state").join(format!("state-{g:08}.bin")))?,
+                None => State { next_object: 1, ..State::default() },
+            };
+            let hruns = Runs::open(&index_dir, "hash", &manifest.hash_runs)?;
+            // The key index serves queries only (collisions are found through the hash index),
+            // so it merges less eagerly.
+            let kruns = Runs::open(&index_dir, "key", &manifest.key_runs)?.with_fanout(8);
+            Ok((state, hruns, kruns))
+        };
+        let fresh = || -> Result<(State, Runs<16>, Runs<8>), StoreError> {
+            Ok((
+                State { next_object: 1, ..State::default() },
+                Runs::open(&index_dir, "hash", &[])?,
+                Runs::open(&index_dir, "key", &[])?.with_fanout(8),
+            ))
+        };
+        let (state, hruns, kruns) = if rebuilding {
+            fresh()?
+        } else {
+            match derived() {
+                Ok(d) => d,
+                Err(e) if rebuild == Rebuild::Never => return Err(e),
+                Err(_) => {
+                    rebuilding = true;
+                    fresh()?
+                }
+            }
+        };
+        let manifest = if rebuilding {
+            // Start from the log alone; new runs are numbered past every file left in index/.
+            let next_run = max_run_number(&index_dir) + 1;
+            Manifest { format: STORE_FORMAT, next_run: next_run.max(manifest.next_run).max(1), ..Manifest::default() }
+        } else {
+            manifest
+        };
+        if writable && rebuilding {
+            for sub in ["index", "state"] {
+                std::fs::create_dir_all(dir.join(sub)).map_err(|e| StoreError::io("create", dir.join(sub), e))?;
+            }
+        }
         let log = Log::open(&dir.join("log"), writable)?;
+        // A log shorter than the checkpoint says lost its end (a cut file): not a torn tail.
+        let short = if rebuilding { None } else { short_log(&log, &manifest) };
         let mut inner = Inner {
             dir: dir.to_path_buf(),
             log,
@@ -853,36 +939,87 @@ impl EmbeddedStore {
             poisoned: None,
             hot: HotCache::new(),
             pending_delete: Vec::new(),
+            rebuilt: None,
+            damage: None,
         };
-        // Replay everything after the checkpoint.
+        // Replay everything after the checkpoint (everything, for a rebuild), reading past
+        // damage: what follows a damaged frame is still the store's.
         let from = inner.manifest.log;
+        let mut bad = Vec::new();
+        let mut skipped = 0u64;
         let Inner { log, d, .. } = &mut inner;
-        let end = log.scan(from, &mut |base, payload| {
-            let mut p = 0;
-            while p < payload.len() {
-                let off = base + p as u64;
-                let (rec, len) = record::decode(&payload[p..], off)
-                    .ok_or_else(|| corrupt(log.dir(), off, "undecodable record in a checksummed frame"))?;
-                d.apply(log, off, rec)?;
-                p += len;
-            }
-            Ok(())
-        })?;
+        let end = log.scan_all(
+            from,
+            &mut |base, payload| {
+                let mut p = 0;
+                while p < payload.len() {
+                    let off = base + p as u64;
+                    let (rec, len) = record::decode(&payload[p..], off)
+                        .ok_or_else(|| corrupt(log.dir(), off, "undecodable record in a checksummed frame"))?;
+                    match d.apply(log, off, rec) {
+                        Ok(()) => {}
+                        // A record that needs what a damaged frame held: skipped in a rebuild.
+                        Err(_) if rebuilding => skipped += 1,
+                        Err(e) => return Err(e),
+                    }
+                    p += len;
+                }
+                Ok(())
+            },
+            &mut |b| bad.push(b),
+        )?;
+        // Damage followed by good frames is not a torn tail.
+        let inside: Vec<&log::BadStretch> = bad.iter().filter(|b| LogPos { seg: b.seg, off: b.off } < end).collect();
+        let damage = short.or_else(|| {
+            inside.first().map(|b| {
+                format!(
+                    "{} bytes at {} offset {} ({}), with good records after them{}",
+                    b.len,
+                    inner.log.segment_path(b.seg as usize).display(),
+                    b.off,
+                    b.cause,
+                    if inside.len() > 1 {
+                        format!(", and {} more damaged stretches", inside.len() - 1)
+                    } else {
+                        String::new()
+                    }
+                )
+            })
+        });
         if writable {
+            if let (Some(detail), false) = (&damage, rebuilding) {
+                return Err(StoreError::StoreDamaged { path: dir.to_path_buf(), detail: detail.clone() });
+            }
             inner.hruns.build_global()?;
             inner.d.mem.reserve(MEM_RESERVE);
             inner.log.truncate_and_open_for_append(end)?;
             inner.recover_interrupted()?;
             inner.remove_orphans();
-            if end != inner.manifest.log {
-                // Recovered a tail (the last writer stopped without its final checkpoint):
-                // checkpoint now so that readers need not replay it every time.
+            if end != inner.manifest.log || rebuilding {
+                // Recovered a tail (the last writer stopped without its final checkpoint), or
+                // rebuilt: checkpoint now so that readers need not replay it every time.
                 inner.checkpoint()?;
             }
         } else {
             inner.log.set_end(end);
         }
+        inner.rebuilt = rebuilding.then_some(Rebuilt { damaged: inside.len() as u64, skipped });
+        inner.damage = damage;
         Ok(inner)
+    }
+
+    /// A new store's directories and manifest (or an error if `dir` holds something else).
+    fn create(dir: &Path, writable: bool) -> Result<Manifest, StoreError> {
+        check_not_foreign(dir)?;
+        if !writable {
+            return Err(StoreError::NoStore { path: dir.to_path_buf() });
+        }
+        for sub in ["log", "index", "state"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|e| StoreError::io("create", dir.join(sub), e))?;
+        }
+        let m = Manifest { format: STORE_FORMAT, next_run: 1, ..Manifest::default() };
+        write_manifest(dir, &m)?;
+        Ok(m)
     }
 
     pub fn dir(&self) -> &Path {
@@ -899,6 +1036,45 @@ impl EmbeddedStore {
             inner.checkpoint()?;
         }
         Ok(())
+    }
+
+    /// `cat` without verifying the tree: for `hart bench` only, which prints verified `cat`
+    /// beside it (what verification costs, measured in the same run). Never hand its bytes to
+    /// a user.
+    #[doc(hidden)]
+    pub fn cat_unverified(&self, root: &Hash, out: &mut dyn Write) -> Result<u64, StoreError> {
+        let inner = self.inner.read().expect("lock");
+        let off = inner.find_hash(root)?.ok_or_else(|| StoreError::NotFound { what: "atom", id: root.to_hex() })?;
+        let mut w = BufWriter::with_capacity(1 << 20, out);
+        let n = read::cat_at(&inner, off, &mut w)?;
+        w.flush().map_err(|e| StoreError::io("write", "output", e))?;
+        Ok(n)
+    }
+
+    /// What opening the store found worth telling: damage in the log (a reader opens a damaged
+    /// store; every read verifies), or a rebuild of the derived files.
+    pub fn open_notes(&self) -> Vec<String> {
+        let i = self.inner.read().expect("lock");
+        let mut notes = Vec::new();
+        if let Some(d) = &i.damage {
+            notes.push(format!(
+                "the store is damaged: {d}; reads verify every byte, writes are refused until `hart fsck --repair`"
+            ));
+        }
+        if let Some(r) = i.rebuilt {
+            notes.push(format!(
+                "rebuilt every derived file from the log{}",
+                if r.damaged > 0 {
+                    format!(
+                        ", reading past {} damaged stretch(es) and skipping {} record(s) that needed them",
+                        r.damaged, r.skipped
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        notes
     }
 
     /// Memory the engine's in-memory structures take (approximate, bytes).
@@ -948,6 +1124,82 @@ impl Inner {
             }
         }
     }
+}
+
+/// Refuse a directory holding anything but what an interrupted store creation leaves (the
+/// lock, a temporary manifest, empty subdirectories).
+fn check_not_foreign(dir: &Path) -> Result<(), StoreError> {
+    let leftover = |e: &std::fs::DirEntry| {
+        let name = e.file_name();
+        let path = e.path();
+        name == "LOCK"
+            || name == "MANIFEST.tmp"
+            || (["log", "index", "state"].iter().any(|d| name == *d)
+                && path.is_dir()
+                && std::fs::read_dir(&path).map(|mut r| r.next().is_none()).unwrap_or(false))
+    };
+    let foreign = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(Result::ok).any(|e| !leftover(&e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(StoreError::io("read", dir, e)),
+    };
+    if foreign {
+        return Err(StoreError::NotAStore {
+            path: dir.to_path_buf(),
+            reason: "it has files but no MANIFEST and no log; pass an empty or new directory as --store".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Why the log is shorter than the checkpoint says, if it is.
+fn short_log(log: &Log, m: &Manifest) -> Option<String> {
+    let files = log.file_lengths();
+    let cp = m.log;
+    if cp.global() > 0 {
+        match files.get(cp.seg as usize) {
+            None => return Some(format!("log segment {} is missing (the checkpoint is in it)", cp.seg)),
+            Some(&len) if len < cp.off => {
+                return Some(format!(
+                    "{} is {} bytes shorter than the checkpoint says ({len} bytes, expected at least {}): its end was cut off",
+                    log.segment_path(cp.seg as usize).display(),
+                    cp.off - len,
+                    cp.off
+                ))
+            }
+            _ => {}
+        }
+    }
+    for (i, &want) in m.segments.iter().enumerate().take(cp.seg as usize) {
+        match files.get(i) {
+            Some(&len) if len >= want => {}
+            Some(&len) => {
+                return Some(format!(
+                    "{} is {} bytes shorter than it was ({len} bytes, expected {want})",
+                    log.segment_path(i).display(),
+                    want - len
+                ))
+            }
+            None => return Some(format!("log segment {i} is missing")),
+        }
+    }
+    None
+}
+
+/// The highest run number among the files in `index_dir` (0 if none).
+fn max_run_number(index_dir: &Path) -> u64 {
+    std::fs::read_dir(index_dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let stem = name.strip_suffix(".run")?;
+                    stem.rsplit('-').next()?.parse::<u64>().ok()
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
 }
 
 fn take_lock(dir: &Path) -> Result<std::fs::File, StoreError> {

@@ -99,6 +99,13 @@ fn start_writeback(file: &File, from: u64, to: u64) {
     let _ = (file, from, to);
 }
 
+/// Whether `dir` holds any log segment.
+pub fn has_segments(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().ends_with(".seg")))
+        .unwrap_or(false)
+}
+
 fn seg_path(dir: &Path, n: usize) -> PathBuf {
     dir.join(format!("{n:08}.seg"))
 }
@@ -396,6 +403,96 @@ impl Log {
             }
         }
         Ok(pos)
+    }
+}
+
+/// A stretch of a segment that [`Log::scan_all`] could not read as frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadStretch {
+    pub seg: u32,
+    pub off: u64,
+    pub len: u64,
+    pub cause: String,
+}
+
+/// Whether a whole frame starts at `p` in `data`: the payload's start and length, or why not.
+pub fn frame_at(data: &[u8], p: usize) -> Result<(usize, usize), String> {
+    let Some(h) = data.get(p..p + FRAME_HEADER) else {
+        return Err(format!("{} bytes after the last frame, fewer than a frame header", data.len() - p));
+    };
+    let magic = u32::from_le_bytes(h[..4].try_into().expect("4"));
+    let len = u32::from_le_bytes(h[4..8].try_into().expect("4")) as usize;
+    let crc = u32::from_le_bytes(h[8..12].try_into().expect("4"));
+    if magic != FRAME_MAGIC {
+        return Err(format!("no frame header (magic {magic:08x}, expected {FRAME_MAGIC:08x})"));
+    }
+    let body = p + FRAME_HEADER;
+    if len > data.len() - body {
+        return Err(format!("frame length {len} runs past the segment's end ({} bytes left)", data.len() - body));
+    }
+    let found = crc32fast::hash(&data[body..body + len]);
+    if found != crc {
+        return Err(format!("checksum mismatch: stored {crc:08x}, computed {found:08x}"));
+    }
+    Ok((body, len))
+}
+
+/// The next position after `p` where a whole frame with a matching checksum starts.
+fn resync(data: &[u8], p: usize) -> Option<usize> {
+    let magic = FRAME_MAGIC.to_le_bytes();
+    let mut q = p + 1;
+    while q + FRAME_HEADER <= data.len() {
+        let i = data[q..].windows(4).position(|w| w == magic)?;
+        q += i;
+        if frame_at(data, q).is_ok() {
+            return Some(q);
+        }
+        q += 1;
+    }
+    None
+}
+
+impl Log {
+    /// Like [`Log::scan`], but reads past damage: a stretch that is not a whole frame with a
+    /// matching checksum is reported to `bad` (segment, offset, length, cause), and the scan
+    /// resumes at the next position holding one. Returns the end of the last good frame.
+    pub fn scan_all(
+        &self,
+        from: LogPos,
+        f: &mut FrameVisitor<'_>,
+        bad: &mut dyn FnMut(BadStretch),
+    ) -> Result<LogPos, StoreError> {
+        let mut end = from;
+        for (i, s) in self.segs.iter().enumerate().skip(from.seg as usize) {
+            let Some(map) = s.map.as_deref() else { continue };
+            let data = &map[..(s.len as usize).min(map.len())];
+            let mut p = if i == from.seg as usize { from.off as usize } else { 0 };
+            while p < data.len() {
+                match frame_at(data, p) {
+                    Ok((body, len)) => {
+                        f((i as u64) << 32 | body as u64, &data[body..body + len])?;
+                        p = body + len;
+                        end = LogPos { seg: i as u32, off: p as u64 };
+                    }
+                    Err(cause) => {
+                        let next = resync(data, p).unwrap_or(data.len());
+                        bad(BadStretch { seg: i as u32, off: p as u64, len: (next - p) as u64, cause });
+                        p = next;
+                    }
+                }
+            }
+        }
+        Ok(end)
+    }
+
+    /// The valid length of each segment (the last one's up to the end of its last frame).
+    pub fn segment_lengths(&self) -> Vec<u64> {
+        self.segs.iter().map(|s| s.len).collect()
+    }
+
+    /// The size of each segment's file as it is on disk now.
+    pub fn file_lengths(&self) -> Vec<u64> {
+        self.segs.iter().map(|s| std::fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0)).collect()
     }
 }
 

@@ -75,13 +75,23 @@ pub(crate) struct Damage {
 
 impl Damage {
     pub(crate) fn into_error(self, inner: &Inner) -> StoreError {
+        let byte = Some(self.byte);
+        self.into_error_at(inner, byte)
+    }
+
+    /// The error, with `byte` (where the damaged part starts in a stream) if there is one.
+    pub(crate) fn into_error_at(self, inner: &Inner, byte: Option<u64>) -> StoreError {
         let (seg, pos) = crate::log::split(self.off);
         StoreError::Damaged {
             expected: self.expected.to_hex(),
-            found: if self.found == Hash::default() { "nothing (not an atom record)".into() } else { self.found.to_hex() },
+            found: if self.found == Hash::default() {
+                "nothing (not an atom record)".into()
+            } else {
+                self.found.to_hex()
+            },
             location: format!("log segment {seg} ({}) offset {pos}", inner.log.segment_path(seg).display()),
             what: self.what,
-            byte: Some(self.byte),
+            byte,
         }
     }
 }
@@ -118,9 +128,8 @@ impl Verifier {
             let (modality, hash, children) = match inner.rec(off) {
                 Ok((Rec::Node { modality, hash, children, .. }, _)) => (modality, hash, children),
                 Ok((Rec::Leaf { modality, value }, _)) => {
-                    let found = Modality::from_u8(modality)
-                        .map(|m| hart_core::atom::leaf_hash(m, value))
-                        .unwrap_or_default();
+                    let found =
+                        Modality::from_u8(modality).map(|m| hart_core::atom::leaf_hash(m, value)).unwrap_or_default();
                     return Err(damaged("a composite's record is now a leaf", found));
                 }
                 _ => return Err(damaged("its record does not decode as an atom", Hash::default())),
@@ -205,6 +214,28 @@ struct Job<'a> {
 /// its descendants or an earlier one, so what is written is what hashes to the root. Memory is
 /// bounded by [`JOBS_IN_FLIGHT`] jobs.
 pub(crate) fn cat_verified(inner: &Inner, off: u64, want: &Hash, out: &mut dyn Write) -> Result<u64, StoreError> {
+    cat_checked(inner, off, want, out).map_err(|f| match f {
+        Failure::Damage(d) => d.into_error(inner),
+        Failure::Error(e) => e,
+    })
+}
+
+/// Why a verified walk stopped.
+pub(crate) enum Failure {
+    /// Stored bytes that do not verify.
+    Damage(Damage),
+    /// Anything else (a write to the output failed, …).
+    Error(StoreError),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Error(e)
+    }
+}
+
+/// [`cat_verified`], telling damage apart from other failures.
+pub(crate) fn cat_checked(inner: &Inner, off: u64, want: &Hash, out: &mut dyn Write) -> Result<u64, Failure> {
     let write = |out: &mut dyn Write, v: &[u8]| out.write_all(v).map_err(|e| StoreError::io("write", "output", e));
     // A leaf, or an object of one job: no threads.
     let mut walk = Walk::start(inner, off, *want)?;
@@ -222,7 +253,7 @@ pub(crate) fn cat_verified(inner: &Inner, off: u64, want: &Hash, out: &mut dyn W
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     std::thread::scope(|s| {
         let (job_tx, job_rx) = crossbeam_channel::bounded::<Job<'_>>(JOBS_IN_FLIGHT);
-        let (res_tx, res_rx) = crossbeam_channel::unbounded::<(Job<'_>, Result<(), StoreError>)>();
+        let (res_tx, res_rx) = crossbeam_channel::unbounded::<(Job<'_>, Result<(), Failure>)>();
         for _ in 0..workers {
             let (job_rx, res_tx) = (job_rx.clone(), res_tx.clone());
             s.spawn(move || {
@@ -238,7 +269,7 @@ pub(crate) fn cat_verified(inner: &Inner, off: u64, want: &Hash, out: &mut dyn W
         drop((job_rx, res_tx));
         let mut in_flight = 1;
         let mut next_to_write = 0;
-        let mut ready: std::collections::BTreeMap<usize, (Job<'_>, Result<(), StoreError>)> = Default::default();
+        let mut ready: std::collections::BTreeMap<usize, (Job<'_>, Result<(), Failure>)> = Default::default();
         let mut total = 0u64;
         let mut job_tx = Some(job_tx);
         if let Some(tx) = &job_tx {
@@ -257,7 +288,9 @@ pub(crate) fn cat_verified(inner: &Inner, off: u64, want: &Hash, out: &mut dyn W
             if in_flight == 0 {
                 break Ok(total);
             }
-            let Ok((job, r)) = res_rx.recv() else { break Err(StoreError::Backend("cat workers stopped".into())) };
+            let Ok((job, r)) = res_rx.recv() else {
+                break Err(Failure::Error(StoreError::Backend("cat workers stopped".into())));
+            };
             ready.insert(job.seq, (job, r));
             let mut stop = None;
             while let Some((job, r)) = ready.remove(&next_to_write) {
@@ -269,7 +302,7 @@ pub(crate) fn cat_verified(inner: &Inner, off: u64, want: &Hash, out: &mut dyn W
                 }
                 for l in &job.leaves {
                     if let Err(e) = write(out, l) {
-                        stop = Some(e);
+                        stop = Some(Failure::Error(e));
                         break;
                     }
                     total += l.len() as u64;
@@ -289,12 +322,12 @@ pub(crate) fn cat_verified(inner: &Inner, off: u64, want: &Hash, out: &mut dyn W
 }
 
 /// Check a job: its composites verify, and the walk found no unreadable record in it.
-fn finish(inner: &Inner, v: &mut Verifier, job: &Job<'_>) -> Result<(), StoreError> {
+fn finish(inner: &Inner, v: &mut Verifier, job: &Job<'_>) -> Result<(), Failure> {
     for chunk in job.composites.chunks(256) {
-        v.verify(inner, chunk).map_err(|d| d.into_error(inner))?;
+        v.verify(inner, chunk).map_err(Failure::Damage)?;
     }
     match &job.fail {
-        Some(d) => Err(d.clone().into_error(inner)),
+        Some(d) => Err(Failure::Damage(d.clone())),
         None => Ok(()),
     }
 }

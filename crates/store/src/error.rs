@@ -39,6 +39,15 @@ pub enum StoreError {
     )]
     Damaged { expected: String, found: String, location: String, what: String, byte: Option<u64> },
 
+    /// A store whose log is damaged before its end (or shorter than its checkpoint says):
+    /// writing would build on the damage, so it is refused until the store is repaired.
+    #[error(
+        "the store at {path} is damaged: {detail}; nothing was written. Reads still work and verify \
+         every byte: run `hart fsck` to see which objects it affects, then `hart fsck --repair` to \
+         rebuild the store around the damage (and ingest good copies of the affected files to heal them)"
+    )]
+    StoreDamaged { path: PathBuf, detail: String },
+
     #[error("position collision: atom {new} would take key {key}, already held by atom {existing}")]
     Collision { key: String, existing: String, new: String },
 

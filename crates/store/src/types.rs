@@ -211,7 +211,9 @@ pub struct GcReport {
     pub bytes_removed: u64,
 }
 
-/// What `fsck` found. `problems` is empty for a healthy store.
+/// What `fsck` found. `problems` is empty for a healthy store; it lists every problem (never
+/// capped), and the damage among them is also described by `damaged_regions` and
+/// `damaged_objects`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FsckReport {
     pub atoms_checked: u64,
@@ -219,6 +221,36 @@ pub struct FsckReport {
     pub objects_checked: u64,
     pub bytes_reconstructed: u64,
     pub problems: Vec<String>,
+    /// Stretches of stored bytes that fail their checksum (or are missing), with the objects
+    /// that need them.
+    #[serde(default)]
+    pub damaged_regions: Vec<DamagedRegion>,
+    /// Objects that do not rebuild to their bytes, each with the first damage found in it.
+    #[serde(default)]
+    pub damaged_objects: Vec<DamagedObject>,
+}
+
+/// A damaged stretch of a backend's stored bytes (embedded: of a log segment).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DamagedRegion {
+    /// The file (or table) holding it.
+    pub file: String,
+    /// Where it starts in the file, and how many bytes it spans.
+    pub offset: u64,
+    pub length: u64,
+    /// Why it cannot be trusted (e.g. "checksum mismatch: stored 1a2b3c4d, computed 5e6f7a8b").
+    pub cause: String,
+    /// Ids of the objects whose bytes pass through it.
+    pub objects: Vec<u64>,
+}
+
+/// An object that does not rebuild, and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DamagedObject {
+    pub id: u64,
+    pub uri: String,
+    /// What is wrong (names the atom, its location, expected and found hashes).
+    pub damage: String,
 }
 
 impl FsckReport {
