@@ -22,7 +22,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Stats => stats(cli),
         Command::Rm { ids } => rm(cli, ids),
         Command::Gc => gc(cli),
-        Command::Fsck => fsck(cli),
+        Command::Fsck { repair } => fsck(cli, *repair),
         Command::Bench(args) => crate::bench::run(cli, args),
         Command::Db(c) => db(cli, c),
         Command::Sync(args) => crate::sync::run(cli, args),
@@ -123,6 +123,9 @@ pub(crate) fn open(cli: &Cli, access: Access) -> Result<Box<dyn Store>> {
     }
     let s = EmbeddedStore::open_with(&dir, OpenOptions { read_only: access == Access::Read, ..OpenOptions::default() })
         .with_context(context)?;
+    for note in s.open_notes() {
+        errln!("warning: {note}");
+    }
     Ok(Box::new(s))
 }
 
@@ -465,8 +468,43 @@ fn gc(cli: &Cli) -> Result<u8> {
     Ok(0)
 }
 
-fn fsck(cli: &Cli) -> Result<u8> {
-    let store = open(cli, Access::Read)?;
+fn fsck(cli: &Cli, repair: bool) -> Result<u8> {
+    let store: Box<dyn Store> = if repair {
+        if database(cli)?.is_some() {
+            return Err(user(
+                "`fsck --repair` rebuilds an embedded store's derived files; PostgreSQL keeps no derived \
+                 files of its own (use its own tools: REINDEX, pg_amcheck)",
+                exit::USAGE,
+            ));
+        }
+        let dir = store_dir(cli);
+        let context = || format!("cannot repair the store at {}", dir.display());
+        before_writing(&dir, Access::Write).with_context(context)?;
+        // What the store held before, to name what the rebuild could not keep.
+        let before: Vec<ObjectInfo> =
+            EmbeddedStore::open_with(&dir, OpenOptions { read_only: true, ..OpenOptions::default() })
+                .and_then(|s| s.objects())
+                .unwrap_or_default();
+        let start = Instant::now();
+        let s = EmbeddedStore::open_with(&dir, OpenOptions { rebuild: true, ..OpenOptions::default() })
+            .with_context(context)?;
+        for note in s.open_notes() {
+            errln!("repair: {note} ({:.2}s)", start.elapsed().as_secs_f64());
+        }
+        let after = s.objects()?;
+        for o in before.iter().filter(|o| o.status == Status::Completed) {
+            if !after.iter().any(|a| a.id == o.id && a.status == Status::Completed) {
+                errln!(
+                    "repair: object #{} ({}) is lost: its records were in the damaged part of the log; ingest the file again",
+                    o.id,
+                    o.uri
+                );
+            }
+        }
+        Box::new(s)
+    } else {
+        open(cli, Access::Read)?
+    };
     let pb = bar(0, "fsck", cli.quiet || cli.json);
     let start = Instant::now();
     let r = store.fsck(&|done, total| {

@@ -30,6 +30,9 @@ pub mod exit {
     pub const FSCK: u8 = 5;
     /// Another process is writing to the store.
     pub const LOCKED: u8 = 6;
+    /// Stored data is damaged: a read stopped before the damaged part (no wrong byte was
+    /// written), or a write was refused until `hart fsck --repair`.
+    pub const DAMAGED: u8 = 7;
 }
 
 #[derive(Parser)]
@@ -65,7 +68,8 @@ have. Errors go to stderr (with --json, to stdout as a JSON object).
 
 Exit codes: 0 ok, 1 error (also: every input of an ingest or sync failed), 2 usage,
 3 not found (atom, object, or no store at --store), 4 some inputs failed (the others were
-stored), 5 fsck found problems, 6 store locked by another writer.";
+stored), 5 fsck found problems, 6 store locked by another writer, 7 stored data is damaged
+(a read stopped before the damaged part, or a write was refused: see `hart fsck`).";
 
 #[derive(Subcommand)]
 enum Command {
@@ -118,8 +122,16 @@ enum Command {
     },
     /// Collect atoms no object needs any more.
     Gc,
-    /// Recount references, re-hash atoms, check indexes, rebuild every object.
-    Fsck,
+    /// Read the whole log (past damage), recount references, re-hash atoms, check indexes, and
+    /// rebuild every object with its tree verified; names every damaged stretch and the objects
+    /// that need it.
+    Fsck {
+        /// First rebuild every derived file (indexes, reference counts, the ingestion log's
+        /// state, the manifest) from the log, reading past damaged frames. Records in them are
+        /// left out (quarantined); nothing is deleted from the log. Takes the writer's lock.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Measure ingest, cat and lookups against baselines measured in the same run.
     Bench(bench::BenchArgs),
     /// Copy every live object of this store into another (embedded ↔ PostgreSQL) and verify it.

@@ -70,6 +70,8 @@ pub fn report_error(e: &anyhow::Error, json: bool) -> u8 {
         Some(StoreError::Corrupt { .. }) => {
             (exit::ERROR, Some("run `hart fsck`; if it reports problems, restore the store from a copy"))
         }
+        Some(StoreError::Damaged { .. }) => (exit::DAMAGED, None),
+        Some(StoreError::StoreDamaged { .. }) => (exit::DAMAGED, None),
         Some(StoreError::Poisoned(_)) => (exit::ERROR, Some("run the command again: opening the store recovers it")),
         _ => match e.downcast_ref::<UserError>() {
             Some(u) => (u.code, None),
