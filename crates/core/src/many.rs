@@ -1,16 +1,27 @@
 //! Many short BLAKE3 hashes at once, one message per SIMD lane.
 //!
-//! A composite's canonical encoding is short (a line of 30 tokens is 962 bytes, one BLAKE3
-//! chunk), and BLAKE3 hashes a single chunk one 64-byte block after another: its SIMD
-//! parallelism only starts at two chunks. Hashing text spends most of its time there. Here
-//! sixteen messages (AVX-512) advance side by side instead, one block each per step; a lane
-//! whose message is done takes the next one, so messages of different lengths keep every lane
-//! busy. Messages longer than a chunk are split into chunks, each hashed in a lane, and their
-//! chaining values merged with `blake3::hazmat`.
+//! Atoms' canonical encodings are short (a leaf's is at most 66 bytes, a line of 30 tokens
+//! 962, one BLAKE3 chunk), and BLAKE3 hashes a single chunk one 64-byte block after another:
+//! its SIMD parallelism only starts at two chunks. Ingest (the composites of text lines) and
+//! verified reads (every leaf and composite re-hashed) spend most of their hashing there.
+//! Here several messages advance side by side instead, one per lane of a vector register, one
+//! block each per step; a lane whose message is done takes the next one, so messages of
+//! different lengths keep every lane busy. Messages longer than a chunk are split into
+//! chunks, each hashed in a lane, and their chaining values merged with `blake3::hazmat`.
 //!
-//! The result is exactly `blake3::hash` of each message (tests compare the two over random
-//! lengths): this changes how hashes are computed, never what they are. Without AVX-512 each
-//! message goes through `blake3::hash`.
+//! The [`Kernel`] is chosen at run time: sixteen lanes with AVX-512F, eight with AVX2, four
+//! with SSE2 (every x86_64 CPU), and `blake3::hash` one message at a time elsewhere (and for a
+//! single message). The scheduler is written once (`lanes`) over a small vector trait that
+//! each kernel implements. [`kernel_name`] says which kernel [`Messages::hash_all`] uses;
+//! [`Messages::hash_all_with`] forces one. Figures: docs/decisions/0015.
+//!
+//! The result is exactly `blake3::hash` of each message: tests compare every kernel this CPU
+//! runs with it over random lengths, and fail if one of them did not run. This changes how
+//! hashes are computed, never what they are.
+
+// Off x86_64 only the portable kernel exists: the lane scheduler still compiles (and stays
+// type-checked) there, unused.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 use crate::Hash;
 
@@ -59,6 +70,66 @@ struct Job {
     end_flags: u32,
 }
 
+/// A way of computing [`Messages::hash_all`]; every kernel gives the same hashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Sixteen messages side by side in AVX-512 registers.
+    Avx512,
+    /// Eight messages side by side in AVX2 registers.
+    Avx2,
+    /// Four messages side by side in SSE2 registers (every x86_64 CPU).
+    Sse2,
+    /// `blake3::hash`, one message after another (which uses SIMD within a message of two
+    /// chunks or more).
+    Portable,
+}
+
+impl Kernel {
+    /// Every kernel, fastest first.
+    pub const ALL: [Kernel; 4] = [Kernel::Avx512, Kernel::Avx2, Kernel::Sse2, Kernel::Portable];
+
+    /// A short name, for reports (`hart bench`) and test output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512 => "avx512",
+            Kernel::Avx2 => "avx2",
+            Kernel::Sse2 => "sse2",
+            Kernel::Portable => "portable",
+        }
+    }
+
+    /// Whether this CPU runs the kernel (the CPU's features are read once by `std`, then
+    /// cached).
+    pub fn is_available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Sse2 => true,
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx512 | Kernel::Avx2 | Kernel::Sse2 => false,
+            Kernel::Portable => true,
+        }
+    }
+
+    /// The kernels this CPU runs, fastest first.
+    pub fn available() -> Vec<Kernel> {
+        Kernel::ALL.into_iter().filter(|k| k.is_available()).collect()
+    }
+
+    /// The kernel [`Messages::hash_all`] uses on this CPU for more than a few messages.
+    pub fn selected() -> Kernel {
+        Kernel::ALL.into_iter().find(|k| k.is_available()).unwrap_or(Kernel::Portable)
+    }
+}
+
+/// Name of the kernel [`Messages::hash_all`] uses on this CPU (`avx512`, `avx2`, …): cheap.
+pub fn kernel_name() -> &'static str {
+    Kernel::selected().name()
+}
+
 impl Messages {
     pub fn new() -> Self {
         Self::default()
@@ -105,97 +176,189 @@ impl Messages {
         &self.buf[s as usize..(s + n) as usize]
     }
 
-    /// BLAKE3 of every message, in order, appended to `out`.
+    /// BLAKE3 of every message, in order, appended to `out`, with the fastest kernel this
+    /// CPU runs ([`Kernel::selected`]) unless there are only a few messages.
     pub fn hash_all(&self, out: &mut Vec<Hash>) {
         debug_assert!(self.open.is_none(), "a message is still open");
+        self.hash_with(Self::kernel_for(self.spans.len()), out);
+    }
+
+    /// The kernel for `n` messages (measured, docs/decisions/0015).
+    fn kernel_for(n: usize) -> Kernel {
+        match Kernel::selected() {
+            // Lanes mostly idle: `blake3::hash` is faster for two messages and as fast for
+            // three, and spreads a long message over SIMD lanes of its own.
+            _ if n < 4 => Kernel::Portable,
+            // Eight lanes take as many steps as sixteen here, each step cheaper.
+            Kernel::Avx512 if n <= 8 && Kernel::Avx2.is_available() => Kernel::Avx2,
+            k => k,
+        }
+    }
+
+    /// [`Messages::hash_all`] with the given kernel, whatever the number of messages: for
+    /// tests and benchmarks, which compare the kernels. Panics if this CPU cannot run it.
+    pub fn hash_all_with(&self, kernel: Kernel, out: &mut Vec<Hash>) {
+        assert!(kernel.is_available(), "hash kernel {} is not available on this CPU", kernel.name());
+        assert!(self.open.is_none(), "a message is still open");
+        self.hash_with(kernel, out);
+    }
+
+    /// `kernel` must be available.
+    fn hash_with(&self, kernel: Kernel, out: &mut Vec<Hash>) {
         #[cfg(target_arch = "x86_64")]
-        if self.spans.len() > 1 && std::arch::is_x86_feature_detected!("avx512f") {
-            self.hash_lanes(out);
-            return;
+        let compress: Option<CompressFn> = match kernel {
+            Kernel::Avx512 => Some(avx512::compress_jobs),
+            Kernel::Avx2 => Some(avx2::compress_jobs),
+            Kernel::Sse2 => Some(sse2::compress_jobs),
+            Kernel::Portable => None,
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let compress: Option<CompressFn> = {
+            debug_assert_eq!(kernel, Kernel::Portable);
+            None
+        };
+        match compress {
+            // SAFETY: callers check that `kernel` is available, which is the CPU feature
+            // `compress` needs.
+            Some(compress) => unsafe { self.hash_lanes(compress, out) },
+            None => {
+                #[cfg(test)]
+                tests::ran(Kernel::Portable);
+                out.extend((0..self.spans.len()).map(|i| Hash(*blake3::hash(self.get(i)).as_bytes())));
+            }
         }
-        out.extend((0..self.spans.len()).map(|i| Hash(*blake3::hash(self.get(i)).as_bytes())));
     }
 
-    #[cfg(target_arch = "x86_64")]
-    fn hash_lanes(&self, out: &mut Vec<Hash>) {
-        let mut jobs = Vec::with_capacity(self.spans.len());
-        for &(start, len) in &self.spans {
-            let chunks = (len as usize).max(1).div_ceil(CHUNK_LEN);
-            for c in 0..chunks {
-                let clen = (len as usize - c * CHUNK_LEN).min(CHUNK_LEN);
-                let blocks = clen.max(1).div_ceil(BLOCK_LEN);
-                jobs.push(Job {
-                    word: (start as usize + c * CHUNK_LEN) as u32 / 4,
-                    blocks: blocks as u32,
-                    last_len: (clen - (blocks - 1) * BLOCK_LEN) as u32,
-                    counter: c as u32,
-                    start_flags: CHUNK_START,
-                    end_flags: CHUNK_END | if chunks == 1 { ROOT } else { 0 },
-                });
-            }
-        }
-        let mut cvs = vec![[0u32; 8]; jobs.len()];
-        // SAFETY: AVX-512F was detected by the caller; every job's blocks lie inside `buf`
-        // (padded to whole blocks by `end`).
-        unsafe { avx512::compress_jobs(&self.buf, &jobs, &mut cvs) };
-        // Two-chunk messages (lines of 32..=63 tokens) end in one parent node: those are
-        // compressed in lanes too, from a block of the two chaining values.
-        let mut parents = Vec::new();
-        let mut parent_jobs = Vec::new();
-        let mut j = 0;
-        for &(_, len) in &self.spans {
-            let chunks = (len as usize).max(1).div_ceil(CHUNK_LEN);
-            if chunks == 2 {
-                parent_jobs.push(Job {
-                    word: parents.len() as u32 / 4,
-                    blocks: 1,
-                    last_len: BLOCK_LEN as u32,
-                    counter: 0,
-                    start_flags: PARENT,
-                    end_flags: ROOT,
-                });
-                parents.extend_from_slice(&cv_bytes(&cvs[j]));
-                parents.extend_from_slice(&cv_bytes(&cvs[j + 1]));
-            }
-            j += chunks;
-        }
-        let mut roots = vec![[0u32; 8]; parent_jobs.len()];
-        if !parent_jobs.is_empty() {
-            // SAFETY: as above; each parent job is one whole block of `parents`.
-            unsafe { avx512::compress_jobs(&parents, &parent_jobs, &mut roots) };
-        }
-        let (mut j, mut p) = (0, 0);
-        for &(_, len) in &self.spans {
-            let chunks = (len as usize).max(1).div_ceil(CHUNK_LEN);
-            let h = match chunks {
-                1 => cv_bytes(&cvs[j]),
-                2 => {
-                    p += 1;
-                    cv_bytes(&roots[p - 1])
+    /// # Safety
+    /// The CPU must run `compress`.
+    unsafe fn hash_lanes(&self, compress: CompressFn, out: &mut Vec<Hash>) {
+        // Messages go through in batches of about `BATCH_JOBS` chunks. A batch's jobs and
+        // chaining values stay in cache, and their buffers are small enough for the allocator
+        // to reuse: buffers for a whole call of 8192 leaves were fresh pages every time (52k
+        // page faults in a benchmark, a quarter of the AVX-512 kernel's time). The lanes
+        // drain at the end of each batch: a few idle lane-steps per 512 jobs.
+        let mut jobs = Vec::with_capacity(self.spans.len().min(BATCH_JOBS));
+        let mut cvs = Vec::new();
+        let mut first = 0;
+        out.reserve(self.spans.len());
+        while first < self.spans.len() {
+            jobs.clear();
+            let mut long = false;
+            let mut end = first;
+            while end < self.spans.len() && jobs.len() < BATCH_JOBS {
+                let (start, len) = self.spans[end];
+                end += 1;
+                if len as usize <= CHUNK_LEN {
+                    // The common case, kept short: one chunk, which is the whole message.
+                    let blocks = len.max(1).div_ceil(BLOCK_LEN as u32);
+                    jobs.push(Job {
+                        word: start / 4,
+                        blocks,
+                        last_len: len - (blocks - 1) * BLOCK_LEN as u32,
+                        counter: 0,
+                        start_flags: CHUNK_START,
+                        end_flags: CHUNK_END | ROOT,
+                    });
+                    continue;
                 }
-                _ => merge(&cvs[j..j + chunks], true),
-            };
-            out.push(Hash(h));
-            j += chunks;
+                long = true;
+                let chunks = (len as usize).div_ceil(CHUNK_LEN);
+                for c in 0..chunks {
+                    let clen = (len as usize - c * CHUNK_LEN).min(CHUNK_LEN);
+                    let blocks = clen.div_ceil(BLOCK_LEN);
+                    jobs.push(Job {
+                        word: (start as usize + c * CHUNK_LEN) as u32 / 4,
+                        blocks: blocks as u32,
+                        last_len: (clen - (blocks - 1) * BLOCK_LEN) as u32,
+                        counter: c as u32,
+                        start_flags: CHUNK_START,
+                        end_flags: CHUNK_END,
+                    });
+                }
+            }
+            cvs.clear();
+            cvs.resize(jobs.len(), [0u8; 32]);
+            // SAFETY: the CPU runs `compress` (caller); every job's blocks lie inside `buf`
+            // (padded to whole blocks by `end`).
+            unsafe { compress(&self.buf, &jobs, &mut cvs) };
+            if long {
+                // SAFETY: as above.
+                unsafe { finish_long(&self.spans[first..end], &cvs, compress, out) };
+            } else {
+                // One job per message, each a ROOT: the chaining values are the hashes.
+                out.extend(cvs.iter().map(|&h| Hash(h)));
+            }
+            first = end;
         }
     }
 }
 
-fn cv_bytes(cv: &[u32; 8]) -> [u8; 32] {
-    let mut b = [0u8; 32];
-    for (i, w) in cv.iter().enumerate() {
-        b[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+/// Chunks of one batch's messages a lane hashes together, at most (a batch holds every chunk
+/// of its last message, so a long message can make it longer).
+const BATCH_JOBS: usize = 512;
+
+/// The hashes of a batch of messages some of which are longer than a chunk, from the chaining
+/// values of all their chunks in order.
+///
+/// # Safety
+/// The CPU must run `compress`.
+unsafe fn finish_long(spans: &[(u32, u32)], cvs: &[[u8; 32]], compress: CompressFn, out: &mut Vec<Hash>) {
+    // Two-chunk messages (lines of 32..=63 tokens) end in one parent node: those are
+    // compressed in lanes too, from a block of the two chaining values.
+    let mut parents = Vec::new();
+    let mut parent_jobs = Vec::new();
+    let mut j = 0;
+    for &(_, len) in spans {
+        let chunks = (len as usize).max(1).div_ceil(CHUNK_LEN);
+        if chunks == 2 {
+            parent_jobs.push(Job {
+                word: parents.len() as u32 / 4,
+                blocks: 1,
+                last_len: BLOCK_LEN as u32,
+                counter: 0,
+                start_flags: PARENT,
+                end_flags: ROOT,
+            });
+            parents.extend_from_slice(&cvs[j]);
+            parents.extend_from_slice(&cvs[j + 1]);
+        }
+        j += chunks;
     }
-    b
+    let mut roots = vec![[0u8; 32]; parent_jobs.len()];
+    if !parent_jobs.is_empty() {
+        // SAFETY: the CPU runs `compress` (caller); each parent job is one whole block of
+        // `parents`.
+        unsafe { compress(&parents, &parent_jobs, &mut roots) };
+    }
+    let (mut j, mut p) = (0, 0);
+    for &(_, len) in spans {
+        let chunks = (len as usize).max(1).div_ceil(CHUNK_LEN);
+        let h = match chunks {
+            1 => cvs[j],
+            2 => {
+                p += 1;
+                roots[p - 1]
+            }
+            _ => merge(&cvs[j..j + chunks], true),
+        };
+        out.push(Hash(h));
+        j += chunks;
+    }
 }
+
+/// A kernel's compression of a list of jobs (`lanes::compress_jobs` for one lane type).
+///
+/// # Safety
+/// The CPU must run the kernel; every job's blocks must lie within the buffer.
+type CompressFn = unsafe fn(&[u8], &[Job], &mut [[u8; 32]]);
 
 /// Chaining value (or, at the root, the hash) of the subtree over these chunks' chaining
 /// values: BLAKE3's tree puts the largest power of two of chunks that leaves at least one on
 /// the right in the left subtree.
-fn merge(cvs: &[[u32; 8]], root: bool) -> [u8; 32] {
+fn merge(cvs: &[[u8; 32]], root: bool) -> [u8; 32] {
     use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, Mode};
     if cvs.len() == 1 {
-        return cv_bytes(&cvs[0]);
+        return cvs[0];
     }
     let left_len = 1usize << (usize::BITS - 1 - (cvs.len() - 1).leading_zeros());
     let l = merge(&cvs[..left_len], false);
@@ -208,247 +371,11 @@ fn merge(cvs: &[[u32; 8]], root: bool) -> [u8; 32] {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::{Job, BLOCK_LEN, IV, MSG_SCHEDULE};
-    use std::arch::x86_64::*;
-
-    const LANES: usize = 16;
-    const IDLE: u32 = u32::MAX;
-
-    #[inline(always)]
-    fn g(v: &mut [__m512i; 16], a: usize, b: usize, c: usize, d: usize, x: __m512i, y: __m512i) {
-        // SAFETY (all intrinsics below): only called from `compress_jobs`, which requires
-        // AVX-512F; these operate on registers only.
-        unsafe {
-            v[a] = _mm512_add_epi32(_mm512_add_epi32(v[a], v[b]), x);
-            v[d] = _mm512_ror_epi32::<16>(_mm512_xor_si512(v[d], v[a]));
-            v[c] = _mm512_add_epi32(v[c], v[d]);
-            v[b] = _mm512_ror_epi32::<12>(_mm512_xor_si512(v[b], v[c]));
-            v[a] = _mm512_add_epi32(_mm512_add_epi32(v[a], v[b]), y);
-            v[d] = _mm512_ror_epi32::<8>(_mm512_xor_si512(v[d], v[a]));
-            v[c] = _mm512_add_epi32(v[c], v[d]);
-            v[b] = _mm512_ror_epi32::<7>(_mm512_xor_si512(v[b], v[c]));
-        }
-    }
-
-    #[inline(always)]
-    fn round(v: &mut [__m512i; 16], m: &[__m512i; 16], r: usize) {
-        let s = &MSG_SCHEDULE[r];
-        g(v, 0, 4, 8, 12, m[s[0]], m[s[1]]);
-        g(v, 1, 5, 9, 13, m[s[2]], m[s[3]]);
-        g(v, 2, 6, 10, 14, m[s[4]], m[s[5]]);
-        g(v, 3, 7, 11, 15, m[s[6]], m[s[7]]);
-        g(v, 0, 5, 10, 15, m[s[8]], m[s[9]]);
-        g(v, 1, 6, 11, 12, m[s[10]], m[s[11]]);
-        g(v, 2, 7, 8, 13, m[s[12]], m[s[13]]);
-        g(v, 3, 4, 9, 14, m[s[14]], m[s[15]]);
-    }
-
-    /// Rows (one lane's block each) to columns (one message word for every lane).
-    #[inline(always)]
-    fn transpose(r: &mut [__m512i; 16]) {
-        // SAFETY: as in `g`.
-        unsafe {
-            let mut a = [_mm512_setzero_si512(); 16];
-            for i in 0..8 {
-                a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-                a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-            }
-            // Quarter q (rows 4q..4q+4), j in 0..4: its 128-bit lane k holds column 4k+j.
-            let mut b = [_mm512_setzero_si512(); 16];
-            for q in 0..4 {
-                let (lo, hi) = (a[4 * q], a[4 * q + 2]);
-                let (lo2, hi2) = (a[4 * q + 1], a[4 * q + 3]);
-                b[4 * q] = _mm512_unpacklo_epi64(lo, hi);
-                b[4 * q + 1] = _mm512_unpackhi_epi64(lo, hi);
-                b[4 * q + 2] = _mm512_unpacklo_epi64(lo2, hi2);
-                b[4 * q + 3] = _mm512_unpackhi_epi64(lo2, hi2);
-            }
-            // Halves: rows 0..8 and 8..16; c[h][j] holds columns j and 8+j (j < 4) or
-            // 4+j' and 12+j' (j = 4+j').
-            let mut c = [[_mm512_setzero_si512(); 8]; 2];
-            for h in 0..2 {
-                for j in 0..4 {
-                    let (x, y) = (b[8 * h + j], b[8 * h + 4 + j]);
-                    c[h][j] = _mm512_shuffle_i32x4::<0x88>(x, y);
-                    c[h][4 + j] = _mm512_shuffle_i32x4::<0xdd>(x, y);
-                }
-            }
-            for j in 0..8 {
-                r[j] = _mm512_shuffle_i32x4::<0x88>(c[0][j], c[1][j]);
-                r[8 + j] = _mm512_shuffle_i32x4::<0xdd>(c[0][j], c[1][j]);
-            }
-        }
-    }
-
-    /// Compress every job's blocks, sixteen lanes at a time, leaving each job's final chaining
-    /// value (the hash itself for a ROOT job) in `cvs`.
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512F, and every job's blocks must lie within `buf`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn compress_jobs(buf: &[u8], jobs: &[Job], cvs: &mut [[u32; 8]]) {
-        debug_assert!(jobs.iter().all(|j| (j.word as usize * 4 + j.blocks as usize * BLOCK_LEN) <= buf.len()));
-        let base = buf.as_ptr() as *const i32;
-        let mut lane_job = [IDLE; LANES];
-        let mut lane_blk = [0u32; LANES];
-        let mut word = [0u32; LANES];
-        let mut blen = [0u32; LANES];
-        let mut flags = [0u32; LANES];
-        let mut ctr = [0u32; LANES];
-        let mut out = [[0u32; LANES]; 8];
-        let mut cv = [_mm512_setzero_si512(); 8];
-        let mut next = 0usize;
-        loop {
-            let mut fresh: u16 = 0;
-            let mut busy = false;
-            for l in 0..LANES {
-                if lane_job[l] == IDLE && next < jobs.len() {
-                    lane_job[l] = next as u32;
-                    lane_blk[l] = 0;
-                    next += 1;
-                    fresh |= 1 << l;
-                }
-                let j = lane_job[l];
-                if j == IDLE {
-                    word[l] = 0;
-                    blen[l] = 0;
-                    flags[l] = 0;
-                    ctr[l] = 0;
-                    continue;
-                }
-                busy = true;
-                let job = &jobs[j as usize];
-                let b = lane_blk[l];
-                let last = b + 1 == job.blocks;
-                word[l] = job.word + b * (BLOCK_LEN as u32 / 4);
-                blen[l] = if last { job.last_len } else { BLOCK_LEN as u32 };
-                flags[l] = if b == 0 { job.start_flags } else { 0 } | if last { job.end_flags } else { 0 };
-                ctr[l] = job.counter;
-            }
-            if !busy {
-                break;
-            }
-            // SAFETY: AVX-512F is enabled for this function; the gathers read words inside
-            // `buf` (idle lanes read its first block, which exists when there are jobs).
-            unsafe {
-                for (i, c) in cv.iter_mut().enumerate() {
-                    *c = _mm512_mask_blend_epi32(fresh, *c, _mm512_set1_epi32(IV[i] as i32));
-                }
-                let mut m = [_mm512_setzero_si512(); 16];
-                for (l, ml) in m.iter_mut().enumerate() {
-                    *ml = _mm512_loadu_si512(base.add(word[l] as usize) as *const __m512i);
-                }
-                transpose(&mut m);
-                let mut v = [
-                    cv[0],
-                    cv[1],
-                    cv[2],
-                    cv[3],
-                    cv[4],
-                    cv[5],
-                    cv[6],
-                    cv[7],
-                    _mm512_set1_epi32(IV[0] as i32),
-                    _mm512_set1_epi32(IV[1] as i32),
-                    _mm512_set1_epi32(IV[2] as i32),
-                    _mm512_set1_epi32(IV[3] as i32),
-                    _mm512_loadu_si512(ctr.as_ptr() as *const __m512i),
-                    _mm512_setzero_si512(),
-                    _mm512_loadu_si512(blen.as_ptr() as *const __m512i),
-                    _mm512_loadu_si512(flags.as_ptr() as *const __m512i),
-                ];
-                round(&mut v, &m, 0);
-                round(&mut v, &m, 1);
-                round(&mut v, &m, 2);
-                round(&mut v, &m, 3);
-                round(&mut v, &m, 4);
-                round(&mut v, &m, 5);
-                round(&mut v, &m, 6);
-                for i in 0..8 {
-                    cv[i] = _mm512_xor_si512(v[i], v[i + 8]);
-                }
-            }
-            let mut stored = false;
-            for l in 0..LANES {
-                let j = lane_job[l];
-                if j == IDLE {
-                    continue;
-                }
-                lane_blk[l] += 1;
-                if lane_blk[l] == jobs[j as usize].blocks {
-                    if !stored {
-                        for (i, o) in out.iter_mut().enumerate() {
-                            // SAFETY: AVX-512F is enabled; `o` holds sixteen u32.
-                            unsafe { _mm512_storeu_si512(o.as_mut_ptr() as *mut __m512i, cv[i]) };
-                        }
-                        stored = true;
-                    }
-                    for (i, o) in out.iter().enumerate() {
-                        cvs[j as usize][i] = o[l];
-                    }
-                    lane_job[l] = IDLE;
-                }
-            }
-        }
-    }
-}
-
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod lanes;
+#[cfg(target_arch = "x86_64")]
+mod sse2;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn check(msgs: &[Vec<u8>]) {
-        let mut m = Messages::new();
-        for v in msgs {
-            m.extend(v);
-            m.end();
-        }
-        let mut out = Vec::new();
-        m.hash_all(&mut out);
-        assert_eq!(out.len(), msgs.len());
-        for (v, h) in msgs.iter().zip(&out) {
-            assert_eq!(*h, Hash(*blake3::hash(v).as_bytes()), "length {}", v.len());
-        }
-    }
-
-    #[test]
-    fn boundary_lengths_match_blake3() {
-        let lens = [0, 1, 2, 34, 63, 64, 65, 127, 128, 962, 1023, 1024, 1025, 2048, 2050, 3072, 3073, 4097, 9000];
-        let msgs: Vec<Vec<u8>> = lens.iter().map(|&n| (0..n).map(|i| (i * 7 + n) as u8).collect()).collect();
-        check(&msgs);
-        // Empty and single-message sets.
-        check(&[]);
-        check(&[b"abc".to_vec()]);
-        check(&[Vec::new(), Vec::new()]);
-    }
-
-    #[test]
-    fn an_empty_message_between_others() {
-        let mut m = Messages::new();
-        m.extend(b"x");
-        m.end();
-        m.end();
-        m.extend(b"yz");
-        m.extend(b"w");
-        m.end();
-        let mut out = Vec::new();
-        m.hash_all(&mut out);
-        assert_eq!(out[1], Hash(*blake3::hash(b"").as_bytes()));
-        assert_eq!(out[2], Hash(*blake3::hash(b"yzw").as_bytes()));
-        assert_eq!(m.get(2), b"yzw");
-    }
-
-    proptest! {
-        #[test]
-        fn random_messages_match_blake3(lens in proptest::collection::vec(0usize..2200, 0..80), seed in any::<u8>()) {
-            let msgs: Vec<Vec<u8>> = lens
-                .iter()
-                .enumerate()
-                .map(|(k, &n)| (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed ^ k as u8)).collect())
-                .collect();
-            check(&msgs);
-        }
-    }
-}
+mod tests;
