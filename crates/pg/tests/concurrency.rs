@@ -138,7 +138,25 @@ async fn losing_a_race_for_a_new_atom_waits_then_claims_it() {
         let r = merge_atoms(&b, &[&x2, &y2, &p2], false).await;
         (b, r)
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // B waits for A's uncommitted atoms: seen in the server (B's backend waiting on a lock),
+    // not assumed after a delay, which a slow machine could outrun.
+    let admin = db.client().await;
+    loop {
+        assert!(!b_merge.is_finished(), "B finished without waiting for A's uncommitted atoms");
+        let waiting: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND usename = $1 AND wait_event_type = 'Lock'",
+                &[&w2],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     assert!(!b_merge.is_finished(), "B waits for A's uncommitted atoms");
     a.batch_execute("COMMIT").await.unwrap();
     let (b, r) = b_merge.await.unwrap();

@@ -33,6 +33,18 @@ async fn settings_reach_the_server() {
     assert_eq!(e.transient_cause(), None);
 }
 
+/// The tests' own connections and stores run without a statement timeout (issue 12: a check
+/// query hit the 30 s default on a slower machine, SQLSTATE 57014), whatever the server's
+/// default.
+#[tokio::test]
+async fn test_connections_have_no_statement_timeout() {
+    let db = TestDb::fresh("no_timeout").await;
+    let c = db.client().await;
+    let t: String = c.query_one("SELECT current_setting('statement_timeout')", &[]).await.unwrap().get(0);
+    assert_eq!(t, "0");
+    assert_eq!(db.settings.command_timeout, Some(Duration::ZERO));
+}
+
 #[tokio::test]
 async fn pool_warms_up_to_min_and_reaps_idle_connections() {
     let db = TestDb::fresh("pool").await;

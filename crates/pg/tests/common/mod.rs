@@ -16,12 +16,22 @@ const HOW_TO: &str = "run the tests with scripts/test.sh (it starts a throwaway 
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// The superuser connection settings of the test cluster.
+/// The superuser connection settings of the test cluster, without a statement timeout.
+///
+/// The product's default `command_timeout` (30 s) guards production servers; in the tests it
+/// only made slower machines fail by timing (`conformance::packs_are_built_read_and_checked`:
+/// its check query was cancelled, SQLSTATE 57014). So every connection and store the tests
+/// make from these settings, the verification queries included, runs without one
+/// (`statement_timeout = 0`, sent explicitly so that no server default applies). A test of the
+/// timeout itself sets its own (driver.rs).
 pub fn cluster() -> ConnectionSettings {
     let url = std::env::var("HART_TEST_DATABASE_URL").unwrap_or_else(|_| {
         panic!("HART_TEST_DATABASE_URL is not set: these tests need PostgreSQL with PostGIS; {HOW_TO}")
     });
-    url.parse().unwrap_or_else(|e| panic!("HART_TEST_DATABASE_URL={url:?} is not a valid connection string: {e}"))
+    let mut s: ConnectionSettings =
+        url.parse().unwrap_or_else(|e| panic!("HART_TEST_DATABASE_URL={url:?} is not a valid connection string: {e}"));
+    s.command_timeout = Some(std::time::Duration::ZERO);
+    s
 }
 
 /// Connect, spawning the connection task; panics with the cause and what to do.
@@ -31,11 +41,15 @@ pub async fn connect(settings: &ConnectionSettings) -> Client {
         .unwrap_or_else(|e| panic!("cannot connect to {settings}: {}; {HOW_TO}", hart_pg::error::describe(&e)))
 }
 
+/// Connect (see [`connect`]). The tests' own queries run without JIT: an ad-hoc check over
+/// all 256 partitions of `atoms` had PostgreSQL compile ~3,500 functions first (29 s of a
+/// 54 s query in `conformance::packs_are_built_read_and_checked`).
 pub async fn try_connect(settings: &ConnectionSettings) -> Result<Client, tokio_postgres::Error> {
     let (client, conn) = settings.to_pg_config().connect(NoTls).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
+    client.batch_execute("SET jit = off").await?;
     Ok(client)
 }
 
