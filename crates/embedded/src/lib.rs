@@ -400,6 +400,13 @@ impl Inner {
         }
     }
 
+    /// The composite at `off` (modality, hash, children), its child list not checked delta by
+    /// delta (see [`record::node_unchecked`]).
+    #[inline]
+    fn node_unchecked(&self, off: u64) -> Option<(u8, Hash, record::Children<'_>)> {
+        record::node_unchecked(self.log.at(off)?, off)
+    }
+
     /// The atom record at `off`, without decoding a composite's children.
     #[inline]
     fn peek(&self, off: u64) -> record::Peek<'_> {

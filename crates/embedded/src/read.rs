@@ -125,14 +125,17 @@ impl Verifier {
         let mut spans = Vec::with_capacity(batch.len());
         for &(off, want, byte) in batch {
             let damaged = |what: &str, found: Hash| Damage { off, expected: want, found, what: what.into(), byte };
-            let (modality, hash, children) = match inner.rec(off) {
-                Ok((Rec::Node { modality, hash, children, .. }, _)) => (modality, hash, children),
-                Ok((Rec::Leaf { modality, value }, _)) => {
-                    let found =
-                        Modality::from_u8(modality).map(|m| hart_core::atom::leaf_hash(m, value)).unwrap_or_default();
-                    return Err(damaged("a composite's record is now a leaf", found));
-                }
-                _ => return Err(damaged("its record does not decode as an atom", Hash::default())),
+            let (modality, hash, children) = match inner.node_unchecked(off) {
+                Some(n) => n,
+                None => match inner.rec(off) {
+                    Ok((Rec::Leaf { modality, value }, _)) => {
+                        let found = Modality::from_u8(modality)
+                            .map(|m| hart_core::atom::leaf_hash(m, value))
+                            .unwrap_or_default();
+                        return Err(damaged("a composite's record is now a leaf", found));
+                    }
+                    _ => return Err(damaged("its record does not decode as an atom", Hash::default())),
+                },
             };
             if hash != want {
                 return Err(damaged("its record names another hash", hash));
@@ -372,10 +375,9 @@ impl<'a> Walk<'a> {
     /// Visit a composite that must hash to `hash`: into the job, and onto the stack.
     fn enter(&mut self, job: &mut Job<'a>, off: u64, hash: Hash) {
         job.composites.push((off, hash, self.total));
-        match self.inner.rec(off) {
-            Ok((Rec::Node { children, .. }, _)) => self.stack.push(children),
-            // Not a composite (or not decodable): the job's check reports it.
-            _ => {}
+        // Not a composite (or not decodable): the job's check reports it.
+        if let Some((_, _, children)) = self.inner.node_unchecked(off) {
+            self.stack.push(children);
         }
     }
 

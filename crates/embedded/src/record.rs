@@ -48,8 +48,31 @@ impl Iterator for Children<'_> {
         let (d, used) = varint::get(self.bytes)?;
         self.bytes = &self.bytes[used..];
         self.n -= 1;
-        Some(self.own - d)
+        // A child sits strictly below its parent; a delta that says otherwise ends the list
+        // (only a damaged record has one, and a verified walk then fails on the hash).
+        if d == 0 {
+            return None;
+        }
+        self.own.checked_sub(d)
     }
+}
+
+/// A composite's modality, hash and children, without checking each child's delta (the
+/// iterator stops at a bad one): for verified walks, where a wrong list fails on the hash.
+#[inline]
+pub fn node_unchecked(b: &[u8], own: u64) -> Option<(u8, Hash, Children<'_>)> {
+    if *b.first()? != NODE {
+        return None;
+    }
+    let modality = *b.get(1)?;
+    let hash = Hash(b.get(2..34)?.try_into().ok()?);
+    let mut p = 50;
+    let (n, used) = varint::get(b.get(p..)?)?;
+    p += used;
+    if n as usize > hart_core::MAX_FANOUT * 1024 {
+        return None;
+    }
+    Some((modality, hash, Children { own, n: n as usize, bytes: b.get(p..)? }))
 }
 
 #[derive(Debug, Clone, Copy)]
