@@ -138,7 +138,9 @@ fn before_writing(dir: &Path, access: Access) -> Result<(), hart_store::StoreErr
         return Ok(());
     }
     match EmbeddedStore::open_with(dir, OpenOptions { read_only: true, ..OpenOptions::default() }) {
-        Ok(_) => Ok(()), // made by another writer meanwhile
+        // A store whose MANIFEST is gone (rebuilt from the log by the open), or one made by
+        // another writer meanwhile.
+        Ok(_) => Ok(()),
         Err(hart_store::StoreError::NoStore { .. }) if access == Access::Create => Ok(()),
         Err(e) => Err(e),
     }

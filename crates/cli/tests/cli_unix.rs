@@ -338,6 +338,20 @@ fn rm_on_missing_store_creates_nothing() {
     store.run(&["gc"]).ok();
 }
 
+/// The check that keeps `rm` and `gc` from creating a store looks for the MANIFEST first; a
+/// store whose MANIFEST is gone (a derived file, rebuilt from the log) is still a store to them.
+#[test]
+fn rm_and_gc_still_work_on_a_store_whose_manifest_is_gone() {
+    let store = Store::new();
+    seeded(&store);
+    std::fs::remove_file(store.dir.join("MANIFEST")).unwrap();
+    store.run(&["rm", "#1"]).ok();
+    std::fs::remove_file(store.dir.join("MANIFEST")).unwrap();
+    store.run(&["gc"]).ok();
+    assert_eq!(store.ls(false).len(), 1);
+    store.fsck_ok("after rm and gc on a store without its MANIFEST");
+}
+
 /// A directory of unrelated files passed as --store was refused, but left with a stray `LOCK`
 /// file. Refused by every command, and left exactly as it was.
 #[test]
