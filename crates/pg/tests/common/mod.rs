@@ -97,8 +97,10 @@ impl TestDb {
         for attempt in 0.. {
             match c.batch_execute(&create).await {
                 Ok(()) => break,
-                // The template's last connection may still be closing.
-                Err(e) if sqlstate(&e) == "55006" && attempt < 50 => {
+                // The template's last connection may still be closing: on a loaded machine
+                // that can take seconds, so wait up to 5 minutes (a connection held longer is
+                // a real fault, not slowness).
+                Err(e) if sqlstate(&e) == "55006" && attempt < 3000 => {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await
                 }
                 Err(e) => panic!("{create}: {}", hart_pg::error::describe(&e)),
