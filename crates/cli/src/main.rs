@@ -153,10 +153,11 @@ failed (nothing stored) or another error.";
 
 /// What `hart cat --help` says below the options.
 const CAT_HELP: &str = "\
-With -o FILE, a regular file (or a new path) gets the
-object whole or not at all: it is written to a temporary file beside FILE, which replaces FILE
-only once the store returned every byte; on failure FILE is left as it was. A device, FIFO or
-symlink at FILE (/dev/null, /dev/stdout, a link to a file) is written through, never replaced.
+With -o FILE, a regular file (or a new path) gets the object whole or not at all: it is
+written to a temporary file beside FILE, which replaces FILE only once the store returned
+every byte; on failure (the output's, or damage the store found) FILE is left as it was. A
+device, FIFO or symlink at FILE (/dev/null, /dev/stdout, a link to a file) is written
+through, never replaced.
 
 Written to stdout, or through to a device, FIFO or symlink, the bytes are a stream: a failure
 is signalled by a non-zero exit code and a message on stderr, and the bytes already written
