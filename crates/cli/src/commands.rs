@@ -288,7 +288,10 @@ fn ingest(cli: &Cli, paths: &[PathBuf], modality: Option<hart_core::Modality>, w
     }
     if !failed.is_empty() && stored.is_empty() {
         // Every input failed: that is an error, not a partial success (README "Exit codes").
-        errln!("error: none of the {} inputs could be ingested (each is named above); nothing was stored", failed.len());
+        errln!(
+            "error: none of the {} inputs could be ingested (each is named above); nothing was stored",
+            failed.len()
+        );
         return Ok(exit::ERROR);
     }
     Ok(if failed.is_empty() { 0 } else { exit::PARTIAL })

@@ -184,8 +184,15 @@ fn kill_9_during_ingest_leaves_a_store_that_passes_fsck_with_every_completed_obj
     // the kill comes (see `tail`), so every round is a kill of a running process. Each round
     // brings a file of its own, first, so there is new data from the start.
     let log = store.dir.join("log");
-    let rounds =
-        [KillAt::Spawn, KillAt::StoreCreated, KillAt::LogGrew(256 << 10), KillAt::Reported(1), KillAt::Reported(4), KillAt::Reported(10), KillAt::Reported(16)];
+    let rounds = [
+        KillAt::Spawn,
+        KillAt::StoreCreated,
+        KillAt::LogGrew(256 << 10),
+        KillAt::Reported(1),
+        KillAt::Reported(4),
+        KillAt::Reported(10),
+        KillAt::Reported(16),
+    ];
     for (round, at) in rounds.into_iter().enumerate() {
         let own = write(&extra.join(format!("round-{round}.bin")), &rand_bytes(300 + round as u64, 512 << 10));
         let log_before = bytes_under(&log);
@@ -193,7 +200,9 @@ fn kill_9_during_ingest_leaves_a_store_that_passes_fsck_with_every_completed_obj
         let mut lines = Vec::new();
         match at {
             KillAt::Spawn => {}
-            KillAt::StoreCreated => wait_for(&mut child, "the store was created", || store.dir.join("MANIFEST").exists()),
+            KillAt::StoreCreated => {
+                wait_for(&mut child, "the store was created", || store.dir.join("MANIFEST").exists())
+            }
             KillAt::LogGrew(n) => wait_for(&mut child, "the log grew", || bytes_under(&log) >= log_before + n),
             KillAt::Reported(k) => {
                 while lines.len() < k {
@@ -221,10 +230,7 @@ fn kill_9_during_ingest_leaves_a_store_that_passes_fsck_with_every_completed_obj
             assert!(r.json()["causes"].to_string().contains("no store at"), "{}", r.stdout_str());
             0
         };
-        eprintln!(
-            "crash round {round}: killed at {at:?}: {} reported, {n} completed in the store",
-            committed.len()
-        );
+        eprintln!("crash round {round}: killed at {at:?}: {} reported, {n} completed in the store", committed.len());
     }
 
     // The last round: kill as soon as the last object is reported committed, that is while

@@ -257,7 +257,12 @@ fn every_kernel_the_cpu_has_runs_and_matches_the_scalar_kernel() {
         let got = run_once(&mut t, data);
         assert_eq!(got, want, "{k:?} differs from the scalar kernel");
         let share = t.vector_bytes() as f64 / data.len() as f64;
-        eprintln!("kernel {k:?}: {} of {} bytes through a vector path ({:.0} %), tokens equal", t.vector_bytes(), data.len(), share * 100.0);
+        eprintln!(
+            "kernel {k:?}: {} of {} bytes through a vector path ({:.0} %), tokens equal",
+            t.vector_bytes(),
+            data.len(),
+            share * 100.0
+        );
         if k != Kernel::Scalar {
             assert!(share > 0.9, "{k:?} ran its vector path on only {:.1} % of the bytes", share * 100.0);
         }
