@@ -124,6 +124,7 @@ pub(crate) fn fsck(inner: &Inner, progress: &dyn Fn(u64, u64)) -> Result<FsckRep
             length: b.len,
             cause: b.cause.clone(),
             objects: Vec::new(),
+            repaired: false,
         });
     }
     let regions = Regions {
@@ -136,11 +137,20 @@ pub(crate) fn fsck(inner: &Inner, progress: &dyn Fn(u64, u64)) -> Result<FsckRep
             })
             .collect(),
     };
+    let ghosts = &inner.d.state.ghosts;
+    let mut needed = vec![false; stretches.len()];
     let mut reference =
         |r: &mut FsckReport, from: String, k: u64, counts: &mut Vec<u32>| match offsets.binary_search(&k) {
             Ok(i) => counts[i] += 1,
             Err(_) => match regions.find(k) {
-                Some(_) => into_damage.push((0, k)),
+                Some(g) => {
+                    into_damage.push((0, k));
+                    // A ghost (set aside by a repair) is known; anything else is needed and lost.
+                    if !ghosts.contains(&k) {
+                        needed[g] = true;
+                    }
+                }
+                None if ghosts.contains(&k) => {}
                 None => r.problems.push(format!("{from} references a missing or removed atom at {}", place(inner, k))),
             },
         };
@@ -158,8 +168,19 @@ pub(crate) fn fsck(inner: &Inner, progress: &dyn Fn(u64, u64)) -> Result<FsckRep
         }
     }
 
+    // A repaired store's ghosts keep exact counts: compare them all unless something live
+    // still needs a damaged stretch. A stretch nothing live needs is set aside (repaired).
+    let damaged = needed.iter().any(|&n| n);
+    // (Past the checkpoint, a writer's open refuses the store until a repair: a problem.)
+    let checkpoint = inner.manifest.log.global();
+    for (i, reg) in r.damaged_regions.iter_mut().enumerate() {
+        reg.repaired = !needed[i]
+            && regions.spans.iter().any(|s| {
+                s.2 == i && s.1 <= checkpoint && inner.d.state.quarantined.iter().any(|q| q.0 <= s.0 && s.1 <= q.1)
+            });
+    }
+
     // Pass 2: compare counts, re-hash composites, check indexes.
-    let damaged = !stretches.is_empty();
     for (i, &off) in offsets.iter().enumerate() {
         r.atoms_checked += 1;
         r.references_counted += u64::from(counts[i]);
@@ -233,7 +254,24 @@ pub(crate) fn fsck(inner: &Inner, progress: &dyn Fn(u64, u64)) -> Result<FsckRep
             r.damaged_objects.push(DamagedObject { id: o.info.id, uri: o.info.uri.clone(), damage });
         }
     }
+    let ghosts_left = inner.d.state.ghosts.len();
+    if ghosts_left > 0 {
+        r.notes.push(format!(
+            "{ghosts_left} atom(s) set aside by a repair wait for a good copy: ingest the files of the objects \
+             `hart ls --all` shows as failed (damaged) to heal them"
+        ));
+    }
+    if !inner.d.state.redirects.is_empty() {
+        r.notes.push(format!("{} damaged atom(s) were healed by good copies", inner.d.state.redirects.len()));
+    }
     for reg in r.damaged_regions.iter().rev() {
+        if reg.repaired && reg.objects.is_empty() {
+            r.notes.push(format!(
+                "repaired: {} damaged bytes at {} offset {} ({}) are set aside; nothing live reads them",
+                reg.length, reg.file, reg.offset, reg.cause
+            ));
+            continue;
+        }
         let objects = if reg.objects.is_empty() {
             "no object needs it".to_string()
         } else {
@@ -251,8 +289,11 @@ pub(crate) fn fsck(inner: &Inner, progress: &dyn Fn(u64, u64)) -> Result<FsckRep
             ),
         );
     }
-    if !into_damage.is_empty() {
-        r.problems.push(format!("{} references point into damaged stretches of the log", into_damage.len()));
+    let lost = into_damage.iter().filter(|&&(_, k)| !inner.d.state.ghosts.contains(&k)).count();
+    if lost > 0 {
+        r.problems.push(format!(
+            "{lost} references point into damaged stretches of the log (`hart fsck --repair` sets them aside)"
+        ));
     }
     progress(total, total);
     Ok(r)

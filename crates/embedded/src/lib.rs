@@ -125,9 +125,9 @@ struct Derived {
     state: State,
     /// Reused buffer for a composite's distinct children.
     kids: Vec<u64>,
-    /// Damaged atoms healed by a good copy written later: old offset → new offset. Children
-    /// are read through it (empty unless the store was healed).
-    redirects: rustc_hash::FxHashMap<u64, u64>,
+    /// During a rebuild: the damaged stretches of the log (global start, end), sorted. An atom
+    /// in one that a good record references becomes a ghost ([`State::ghosts`]).
+    bad: Vec<(u64, u64)>,
 }
 
 pub(crate) struct Inner {
@@ -145,6 +145,8 @@ pub(crate) struct Inner {
     rebuilt: Option<Rebuilt>,
     /// Damage this open found in the log (a reader opens anyway; its reads verify).
     damage: Option<String>,
+    /// Objects a rebuild found damaged and marked failed.
+    damaged_objects: u64,
     /// Recently put or found atoms, across sessions: a file's vocabulary is mostly the
     /// previous file's, and this spares a trip to the index runs for each of its atoms.
     hot: HotCache,
@@ -165,6 +167,8 @@ enum Known<'a> {
 
 enum Probe {
     Found(u64),
+    /// Found through the index runs: an atom this process has not written or checked yet.
+    FoundInRuns(u64),
     Collision(u64),
     New,
 }
@@ -236,6 +240,7 @@ impl Derived {
         let mut old = 0;
         let mut result = Ok(());
         for &k in &kids {
+            self.touch(k);
             if !self.state.incref(k) {
                 result = Err(format!("composite at {off} references removed atom at {k}"));
                 break;
@@ -254,6 +259,11 @@ impl Derived {
         if self.state.refcount(off) != 0 {
             return Err(corrupt(log.dir(), off, "gc of an atom that is still referenced"));
         }
+        // A ghost's record cannot be read, and its own references were never counted.
+        if self.state.ghosts.remove(&off) {
+            self.state.refs.insert(off, DEAD);
+            return Ok(0);
+        }
         let bytes = log.at(off).ok_or_else(|| corrupt(log.dir(), off, "gc of an atom outside the log"))?;
         let (rec, len) = record::decode(bytes, off).ok_or_else(|| corrupt(log.dir(), off, "undecodable record"))?;
         // The memtable keeps its entry: lookups skip dead atoms, spills drop them, and storing
@@ -268,7 +278,8 @@ impl Derived {
             Rec::Node { modality, children, .. } => {
                 Modality::from_u8(modality).map_err(|e| corrupt(log.dir(), off, e.to_string()))?;
                 self.state.counters.at(modality).composites -= 1;
-                let mut kids: Vec<u64> = children.collect();
+                let redirects = &self.state.redirects;
+                let mut kids: Vec<u64> = children.map(|c| redirects.get(&c).copied().unwrap_or(c)).collect();
                 kids.sort_unstable();
                 kids.dedup();
                 for k in kids {
@@ -321,6 +332,9 @@ impl Derived {
         e.info.atoms_skipped = c.skipped;
         e.info.completed_at = Some(c.completed_at);
         e.root_off = Some(root);
+        if c.status == Status::Completed {
+            self.touch(root);
+        }
         if c.status == Status::Completed && !self.state.incref(root) {
             return Err(format!("object {id} commits removed root at {root}"));
         }
@@ -330,9 +344,43 @@ impl Derived {
     fn obj_fail(&mut self, id: u64, json: &[u8]) -> Result<(), String> {
         let f: FailInfo = serde_json::from_slice(json).map_err(|e| e.to_string())?;
         let e = self.state.objects.get_mut(&id).ok_or_else(|| format!("failure of unknown object {id}"))?;
+        // A completed object found damaged by a repair: it no longer holds its root.
+        let release = if e.info.status == Status::Completed { e.root_off } else { None };
         e.info.status = Status::Failed;
         e.info.error = Some(f.error);
         e.info.completed_at = Some(f.completed_at);
+        if let Some(root) = release {
+            self.state.decref(root).ok_or_else(|| format!("object {id}'s root has no reference to release"))?;
+        }
+        Ok(())
+    }
+
+    /// During a rebuild, an offset in a damaged stretch that a good record references becomes
+    /// a ghost, created with no references, so that its count is exact.
+    #[inline]
+    fn touch(&mut self, off: u64) {
+        if self.bad.is_empty() || self.state.ghosts.contains(&off) {
+            return;
+        }
+        let i = self.bad.partition_point(|b| b.0 <= off);
+        if i > 0 && off < self.bad[i - 1].1 {
+            self.state.created(off);
+            self.state.ghosts.insert(off);
+        }
+    }
+
+    /// A good copy at `good` replaces the ghost at `ghost`: the ghost's references move to it.
+    fn heal(&mut self, ghost: u64, good: u64) -> Result<(), String> {
+        if !self.state.ghosts.remove(&ghost) {
+            return Err(format!("heal of {ghost}, which is not a ghost"));
+        }
+        let n = self.state.refcount(ghost);
+        if !self.state.add_refs(good, n) {
+            return Err(format!("heal of {ghost} by a removed atom at {good}"));
+        }
+        self.state.refs.insert(ghost, DEAD);
+        self.state.redirects.insert(ghost, good);
+        self.state.ghost_hashes.retain(|_, &mut g| g != ghost);
         Ok(())
     }
 
@@ -370,6 +418,7 @@ impl Derived {
                     self.kill(log, o, &mut zeros)?;
                 }
             }
+            Rec::Heal { ghost, good } => self.heal(ghost, good).map_err(bad)?,
         }
         Ok(())
     }
@@ -393,10 +442,10 @@ impl Inner {
     /// Where the atom at `off` is read from: itself, or the good copy that healed it.
     #[inline]
     fn redirect(&self, off: u64) -> u64 {
-        if self.d.redirects.is_empty() {
+        if self.d.state.redirects.is_empty() {
             off
         } else {
-            self.d.redirects.get(&off).copied().unwrap_or(off)
+            self.d.state.redirects.get(&off).copied().unwrap_or(off)
         }
     }
 
@@ -551,7 +600,7 @@ impl Inner {
         for o in cand.into_iter().filter(live) {
             let (m, h, p, _) = self.identity(o)?;
             if h == *hash {
-                return Ok(Probe::Found(o));
+                return Ok(Probe::FoundInRuns(o));
             }
             if HilbertKey::new(m, &p) == *key {
                 return Ok(Probe::Collision(o));
@@ -948,10 +997,24 @@ impl EmbeddedStore {
             pending_delete: Vec::new(),
             rebuilt: None,
             damage: None,
+            damaged_objects: 0,
         };
         // Replay everything after the checkpoint (everything, for a rebuild), reading past
         // damage: what follows a damaged frame is still the store's.
         let from = inner.manifest.log;
+        if rebuilding {
+            // Where the damage is, first: an atom there that a good record names is a ghost.
+            let mut stretches = Vec::new();
+            inner.log.scan_all(from, &mut |_, _| Ok(()), &mut |b| stretches.push(b))?;
+            inner.d.bad = stretches
+                .iter()
+                .map(|b| {
+                    let g = (u64::from(b.seg) << 32) | b.off;
+                    (g, g + b.len)
+                })
+                .collect();
+            inner.d.bad.sort_unstable();
+        }
         let mut bad = Vec::new();
         let mut skipped = 0u64;
         let Inner { log, d, .. } = &mut inner;
@@ -1001,7 +1064,14 @@ impl EmbeddedStore {
             inner.d.mem.reserve(MEM_RESERVE);
             inner.log.truncate_and_open_for_append(end)?;
             inner.recover_interrupted()?;
+            if rebuilding && !inner.d.state.ghosts.is_empty() {
+                inner.fail_damaged_objects()?;
+            }
+            if rebuilding {
+                inner.d.state.quarantined = std::mem::take(&mut inner.d.bad);
+            }
             inner.remove_orphans();
+            inner.index_ghosts();
             if end != inner.manifest.log || rebuilding {
                 // Recovered a tail (the last writer stopped without its final checkpoint), or
                 // rebuilt: checkpoint now so that readers need not replay it every time.
@@ -1068,6 +1138,13 @@ impl EmbeddedStore {
                 "the store is damaged: {d}; reads verify every byte, writes are refused until `hart fsck --repair`"
             ));
         }
+        if i.damaged_objects > 0 {
+            notes.push(format!(
+                "{} object(s) do not verify and are now marked failed (`hart ls --all` names them): \
+                 ingest their files again to heal the store",
+                i.damaged_objects
+            ));
+        }
         if let Some(r) = i.rebuilt {
             notes.push(format!(
                 "rebuilt every derived file from the log{}",
@@ -1100,6 +1177,56 @@ impl Inner {
             self.fail_object(id, "interrupted: the process stopped before the object was committed")?;
         }
         self.write_frame(true)
+    }
+
+    /// After a rebuild that left ghosts: every completed object whose tree does not verify is
+    /// marked failed (it releases its root), naming the damage, so that ingesting its file
+    /// again decodes it in full (and heals the ghosts) instead of reusing the damaged root.
+    fn fail_damaged_objects(&mut self) -> Result<(), StoreError> {
+        let mut damaged = Vec::new();
+        for o in self.d.state.objects.values() {
+            let (Status::Completed, Some(root_off), Some(root)) = (o.info.status, o.root_off, o.info.root) else {
+                continue;
+            };
+            if let Err(read::Failure::Damage(d)) =
+                read::cat_checked(self, self.redirect(root_off), &root, &mut std::io::sink())
+            {
+                damaged.push((o.info.id, d.into_error(self).to_string()));
+            }
+        }
+        for (id, why) in &damaged {
+            self.fail_object(*id, &format!("damaged, found by a repair: {why}; ingest the file again to heal it"))?;
+        }
+        self.damaged_objects = damaged.len() as u64;
+        self.write_frame(true)
+    }
+
+    /// Whether the atom at `off` verifies one level deep: a leaf always does (its hash is its
+    /// value's); a composite when its children hash to the hash it stores.
+    fn verifies(&self, off: u64) -> bool {
+        match self.rec(off) {
+            Ok((Rec::Leaf { .. }, _)) => true,
+            Ok((Rec::Node { modality, hash, children, .. }, _)) => {
+                let Ok(m) = Modality::from_u8(modality) else { return false };
+                match self.hashes_of(children.map(|c| self.redirect(c))) {
+                    Ok(kids) => hart_core::atom::node_hash(m, &kids) == hash,
+                    Err(_) => false,
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// Find each ghost whose record still decodes by the hash it claims, so that writing an
+    /// atom with that hash heals it (a damaged record claims a hash nothing will write).
+    fn index_ghosts(&mut self) {
+        let mut by_hash = rustc_hash::FxHashMap::default();
+        for &g in &self.d.state.ghosts {
+            if let Ok(h) = self.hash_at(g) {
+                by_hash.insert(h, g);
+            }
+        }
+        self.d.state.ghost_hashes = by_hash;
     }
 
     /// Log and apply an object's failure (the time is in the record, so replay keeps it).

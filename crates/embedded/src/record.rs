@@ -10,6 +10,7 @@ pub const OBJ_COMMIT: u8 = 0x11;
 pub const OBJ_FAIL: u8 = 0x12;
 pub const OBJ_DELETE: u8 = 0x13;
 pub const GC: u8 = 0x20;
+pub const HEAL: u8 = 0x21;
 
 /// A decoded record, borrowing from the log.
 #[derive(Debug)]
@@ -28,6 +29,9 @@ pub enum Rec<'a> {
     ObjDelete { id: u64 },
     /// `GC ‖ n varint ‖ n × offset varint`: atoms removed, in removal order.
     Gc { offsets: Offsets<'a> },
+    /// `HEAL ‖ ghost offset varint ‖ good copy offset varint`: a ghost (an atom a repair could
+    /// not read) is replaced by a good copy of it written later.
+    Heal { ghost: u64, good: u64 },
 }
 
 /// Children of a node: offsets, decoded lazily.
@@ -132,6 +136,12 @@ pub fn encode_obj(buf: &mut Vec<u8>, tag: u8, id: u64, root: Option<u64>, json: 
     }
 }
 
+pub fn encode_heal(buf: &mut Vec<u8>, ghost: u64, good: u64) {
+    buf.push(HEAL);
+    varint::put(buf, ghost);
+    varint::put(buf, good);
+}
+
 pub fn encode_gc(buf: &mut Vec<u8>, offsets: &[u64]) {
     buf.push(GC);
     varint::put(buf, offsets.len() as u64);
@@ -232,6 +242,11 @@ pub fn decode(b: &[u8], own: u64) -> Option<(Rec<'_>, usize)> {
                 var(&mut p)?;
             }
             Some((Rec::Gc { offsets: Offsets { n, bytes: &b[start..p] } }, p))
+        }
+        HEAL => {
+            let ghost = var(&mut p)?;
+            let good = var(&mut p)?;
+            Some((Rec::Heal { ghost, good }, p))
         }
         _ => None,
     }

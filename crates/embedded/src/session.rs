@@ -19,6 +19,10 @@ pub(crate) struct EmbeddedSession<'a> {
     kids: Vec<u64>,
     /// Children of the current composite that missed the cache's direct table.
     missed: Vec<(Hash, u64)>,
+    /// Ghosts found in this `put` and the good copies that heal them.
+    heals: Vec<(u64, u64)>,
+    /// Calls of `put` so far.
+    puts: u64,
     done: bool,
 }
 
@@ -40,12 +44,54 @@ impl<'a> EmbeddedSession<'a> {
             referenced: 0,
             kids: Vec::with_capacity(hart_core::MAX_FANOUT),
             missed: Vec::new(),
+            heals: Vec::new(),
+            puts: 0,
             done: false,
         }
     }
 }
 
 impl EmbeddedSession<'_> {
+    /// A composite found in the index, about to be shared: its record's children (read
+    /// through earlier heals) must be the atoms the batch names, which this session put or
+    /// found already. A child that is a ghost (an atom a repair could not read) is healed by
+    /// the good copy just put; any other difference is damage this ingest must not build on.
+    fn check_found(&mut self, inner: &mut Inner, batch: &Batch, op: &Op, o: u64) -> Result<(), StoreError> {
+        let damaged = |inner: &Inner, what: String| StoreError::StoreDamaged {
+            path: inner.dir.clone(),
+            detail: format!(
+                "the stored composite {} (log offset {o}) {what}, so this ingest would build on damaged data",
+                op.hash
+            ),
+        };
+        let Some((_, _, children)) = inner.node_unchecked(o) else {
+            return Err(damaged(inner, "does not decode".into()));
+        };
+        let stored: Vec<u64> = children.map(|c| inner.redirect(c)).collect();
+        let want: Vec<Hash> = batch.children(op).to_vec();
+        if stored.len() != want.len() {
+            return Err(damaged(inner, format!("lists {} children, not {}", stored.len(), want.len())));
+        }
+        for (&s, h) in stored.iter().zip(&want) {
+            let good = match inner.hot.direct(h) {
+                Some(g) => Some(g),
+                None => inner.resolve(h)?,
+            };
+            if good == Some(s) {
+                continue;
+            }
+            match good {
+                Some(g) if inner.d.state.ghosts.contains(&s) => {
+                    if !self.heals.iter().any(|&(gh, _)| gh == s) {
+                        self.heals.push((s, g));
+                    }
+                }
+                _ => return Err(damaged(inner, format!("lists a child at log offset {s} that is not the atom {h}"))),
+            }
+        }
+        Ok(())
+    }
+
     fn put_ops(&mut self, inner: &mut Inner, batch: &Batch) -> Result<(), StoreError> {
         for op in batch.ops.iter().take(PREFETCH_AHEAD) {
             inner.prefetch(batch, op);
@@ -66,7 +112,18 @@ impl EmbeddedSession<'_> {
                 )));
             }
             let key = HilbertKey::new(op.modality, &op.pos);
-            match inner.probe(&op.hash, &key)? {
+            let found = match inner.probe(&op.hash, &key)? {
+                Probe::FoundInRuns(o) if op.kind == AtomKind::Node => {
+                    // Never build on a damaged composite: its children must be the atoms the
+                    // batch names (a leaf found by hash was checked by its hash already).
+                    self.check_found(inner, batch, op, o)?;
+                    Probe::Found(o)
+                }
+                Probe::FoundInRuns(o) => Probe::Found(o),
+                p => p,
+            };
+            match found {
+                Probe::FoundInRuns(_) => unreachable!("mapped to Found above"),
                 Probe::Found(o) => {
                     inner.hot.map.insert(op.hash, o);
                     let leaf = op.kind == AtomKind::Leaf;
@@ -77,6 +134,18 @@ impl EmbeddedSession<'_> {
                     continue;
                 }
                 Probe::Collision(o) => {
+                    // A damaged record can claim a position it does not own: say damage, not
+                    // collision, when the atom holding the key does not verify.
+                    if !inner.verifies(o) {
+                        return Err(StoreError::StoreDamaged {
+                            path: inner.dir.clone(),
+                            detail: format!(
+                                "the atom at log offset {o}, which holds the position of {}, does not verify \
+                                 (its children do not hash to it)",
+                                op.hash
+                            ),
+                        });
+                    }
                     let existing = inner.hash_at(o)?;
                     return Err(StoreError::Collision {
                         key: key.to_string(),
@@ -108,6 +177,14 @@ impl EmbeddedSession<'_> {
                 AtomKind::Node => self.put_node(inner, batch, op, &key)?,
             };
             self.created += 1;
+            // A good copy of an atom a repair set aside: it heals the ghost.
+            if !inner.d.state.ghost_hashes.is_empty() {
+                if let Some(&g) = inner.d.state.ghost_hashes.get(&op.hash) {
+                    if !self.heals.iter().any(|&(gh, _)| gh == g) {
+                        self.heals.push((g, off));
+                    }
+                }
+            }
             let leaf = op.kind == AtomKind::Leaf;
             inner.hot.place(&mut inner.d.state, op.hash, off, leaf, true).map_err(|o| removed_child(&inner.dir, o))?;
         }
@@ -159,6 +236,7 @@ fn removed_child(dir: &Path, off: u64) -> StoreError {
 
 impl Session for EmbeddedSession<'_> {
     fn put(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        self.puts += 1;
         let mut guard = self.store.inner.write().expect("lock");
         let inner = &mut *guard;
         inner.check()?;
@@ -166,6 +244,12 @@ impl Session for EmbeddedSession<'_> {
         // References gathered in the cache reach the state whatever happened, so that it
         // matches the log (everything appended stays appended).
         let f = inner.hot.flush(&mut inner.d.state);
+        // Heals found by this put, now that the good copies' counts are in the state: logged,
+        // then applied (replay applies the same records the same way).
+        for (ghost, good) in std::mem::take(&mut self.heals) {
+            inner.append(|buf, _| record::encode_heal(buf, ghost, good))?;
+            inner.d.heal(ghost, good).map_err(|e| corrupt(&inner.dir, ghost, e))?;
+        }
         r?;
         f.map_err(|o| corrupt(&inner.dir, o, "a composite references a removed atom"))?;
         inner.maybe_checkpoint()
@@ -177,6 +261,19 @@ impl Session for EmbeddedSession<'_> {
         inner.check()?;
         let root_off =
             inner.resolve(root)?.ok_or_else(|| StoreError::Invalid(format!("root {root} was never stored")))?;
+        if self.puts == 0 {
+            // Nothing was put: the pipeline recognised a stored object's bytes and commits its
+            // root as it is. Never build on a damaged tree: verify it first.
+            if let Err(crate::read::Failure::Damage(d)) =
+                crate::read::cat_checked(inner, root_off, root, &mut std::io::sink())
+            {
+                let why = d.into_error(inner).to_string();
+                return Err(StoreError::StoreDamaged {
+                    path: inner.dir.clone(),
+                    detail: format!("the stored copy of this file is damaged ({why})"),
+                });
+            }
+        }
         let unchanged = inner
             .d
             .state

@@ -72,6 +72,17 @@ pub struct State {
     pub objects: BTreeMap<u64, ObjEntry>,
     pub next_object: u64,
     pub counters: Counters,
+    /// Atoms a repair could not read (their records sit in damaged frames) but good records
+    /// reference: their counts are exact, their own references were never counted. Healed
+    /// when a good copy is ingested (then redirected), or dropped when nothing needs them.
+    pub ghosts: rustc_hash::FxHashSet<u64>,
+    /// Healed atoms: ghost offset → the good copy's offset. Children are read through it.
+    pub redirects: FxHashMap<u64, u64>,
+    /// Damaged stretches of the log (global start, end) a repair has set aside.
+    pub quarantined: Vec<(u64, u64)>,
+    /// Ghosts whose records still decode, by the hash they claim: a new atom with that hash
+    /// heals its ghost. Derived from the log on load, never saved.
+    pub ghost_hashes: FxHashMap<hart_core::Hash, u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -79,6 +90,12 @@ struct Meta {
     objects: Vec<ObjEntry>,
     next_object: u64,
     counters: Counters,
+    #[serde(default)]
+    ghosts: Vec<u64>,
+    #[serde(default)]
+    redirects: Vec<(u64, u64)>,
+    #[serde(default)]
+    quarantined: Vec<(u64, u64)>,
 }
 
 impl State {
@@ -179,6 +196,17 @@ impl State {
             objects: self.objects.values().cloned().collect(),
             next_object: self.next_object,
             counters: self.counters.clone(),
+            ghosts: {
+                let mut g: Vec<u64> = self.ghosts.iter().copied().collect();
+                g.sort_unstable();
+                g
+            },
+            redirects: {
+                let mut r: Vec<(u64, u64)> = self.redirects.iter().map(|(&a, &b)| (a, b)).collect();
+                r.sort_unstable();
+                r
+            },
+            quarantined: self.quarantined.clone(),
         };
         let json = serde_json::to_vec(&meta).map_err(|e| StoreError::Backend(e.to_string()))?;
         let mut refs: Vec<(u64, u32)> = self.refs.iter().map(|(&o, &n)| (o, n)).collect();
@@ -236,6 +264,10 @@ impl State {
             objects: meta.objects.into_iter().map(|o| (o.info.id, o)).collect(),
             next_object: meta.next_object,
             counters: meta.counters,
+            ghosts: meta.ghosts.into_iter().collect(),
+            redirects: meta.redirects.into_iter().collect(),
+            ghost_hashes: FxHashMap::default(),
+            quarantined: meta.quarantined,
         })
     }
 }

@@ -228,6 +228,9 @@ pub struct FsckReport {
     /// Objects that do not rebuild to their bytes, each with the first damage found in it.
     #[serde(default)]
     pub damaged_objects: Vec<DamagedObject>,
+    /// What is worth knowing but not a problem (repaired stretches, atoms awaiting healing).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// A damaged stretch of a backend's stored bytes (embedded: of a log segment).
@@ -242,6 +245,10 @@ pub struct DamagedRegion {
     pub cause: String,
     /// Ids of the objects whose bytes pass through it.
     pub objects: Vec<u64>,
+    /// A repair has set it aside: nothing live reads it (what good records name in it is a
+    /// ghost, healed or waiting for a good copy). Not a problem any more, still reported.
+    #[serde(default)]
+    pub repaired: bool,
 }
 
 /// An object that does not rebuild, and why.
