@@ -91,7 +91,7 @@ for t in "${TARGETS[@]}"; do
             record|manifest) cap=1024 ;;
             frames|state) cap=4096 ;;
             run) cap=8192 ;;
-            *) cap=16384 ;;
+            *) cap=4096 ;;
         esac
         merged="$(mktemp -d)"
         "$BIN/$t" -merge=1 -use_counters=0 -max_len="$cap" "$merged" "$FUZZ/corpus/$t" "$FUZZ/work/$t" \
