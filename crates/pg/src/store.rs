@@ -29,7 +29,7 @@ mod fsck;
 mod read;
 mod session;
 
-use read::{key_of_hash, rows_at, walk, FOUND_COLS};
+use read::{key_of_hash, root_not_stored, rows_at, walk, FOUND_COLS};
 use session::PgSession;
 
 /// The advisory lock key shared by ingestion sessions and taken exclusively by gc.
@@ -523,9 +523,9 @@ impl Store for PgStore {
         });
         self.rt
             .block_on(async {
-                let key = key_of_hash(&conn, root)
-                    .await?
-                    .ok_or_else(|| StoreError::NotFound { what: "atom", id: root.to_hex() })?;
+                let Some(key) = key_of_hash(&conn, root).await? else {
+                    return Err(root_not_stored(&conn, root).await?.into());
+                };
                 // One snapshot for the whole walk, shared by both connections: a concurrent gc
                 // cannot pull atoms from under it.
                 conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
@@ -545,7 +545,7 @@ impl Store for PgStore {
                     }
                 }
                 let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut *out);
-                let r = walk(&conns, &self.partitions, key, &mut w).await;
+                let r = walk(&conns, &self.partitions, key, root, &mut w).await;
                 for c in &conns {
                     let _ = c.batch_execute("COMMIT").await;
                 }

@@ -6,7 +6,7 @@ use std::io::Write;
 use deadpool_postgres::Object;
 use hart_core::atom::leaf_hash;
 use hart_core::{Hash, LEAF_MAX};
-use hart_store::FsckReport;
+use hart_store::{FsckReport, StoreError};
 
 use super::read::{key_of_hash, walk};
 use super::{hash_of, modality_of, object_info, DbError, DbResult, Partitions, OBJECTS};
@@ -91,15 +91,29 @@ pub(super) async fn fsck(c: &Object, parts: &Partitions, progress: &dyn Fn(u64, 
                 continue;
             };
             let mut w = HashingWriter(blake3::Hasher::new(), 0);
-            match walk(&[c], parts, key, &mut w).await {
+            match walk(&[c], parts, key, &root, &mut w).await {
                 Ok(_) => {
                     let got = Hash(*w.0.finalize().as_bytes());
                     if Some(got) != info.source_hash || w.1 != info.size {
                         report.problems.push(format!(
-                            "object {} ({}): rebuilt {} bytes hashing to {got}, expected {} bytes hashing to {:?}",
-                            info.id, info.uri, w.1, info.size, info.source_hash
+                            "object {} ({}): rebuilt {} bytes hashing to {got}, expected {} bytes hashing to {}",
+                            info.id,
+                            info.uri,
+                            w.1,
+                            info.size,
+                            info.source_hash.map_or_else(|| "(no source hash recorded)".into(), |h| h.to_hex())
                         ));
                     }
+                }
+                // The walk verifies the tree (read.rs): damage names the atom and where it is.
+                Err(DbError::Store(StoreError::Damaged { expected, found, location, what, byte })) => {
+                    report.problems.push(format!(
+                        "object {} ({}): damaged at {location}: {what} (expected hash {expected}, found {found}); \
+                         its bytes from byte {} on cannot be read",
+                        info.id,
+                        info.uri,
+                        byte.unwrap_or(0)
+                    ))
                 }
                 Err(e) => report.problems.push(format!("object {} ({}): {e}", info.id, info.uri)),
             }
