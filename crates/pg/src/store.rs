@@ -524,7 +524,7 @@ impl Store for PgStore {
         self.rt
             .block_on(async {
                 let Some(key) = key_of_hash(&conn, root).await? else {
-                    return Err(root_not_stored(&conn, root).await?.into());
+                    return Err(root_not_stored(&conn, &self.partitions, root).await?.into());
                 };
                 // One snapshot for the whole walk, shared by both connections: a concurrent gc
                 // cannot pull atoms from under it.

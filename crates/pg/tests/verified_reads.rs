@@ -83,8 +83,18 @@ impl Fixture {
             .unwrap_or_else(|e| panic!("{sql}: {}", hart_pg::error::describe(&e)));
     }
 
+    /// fsck's problems; checks that the objects in `damaged_objects` are exactly those its
+    /// problems name as damaged.
     fn fsck_problems(&self) -> Vec<String> {
-        self.store().fsck(&|_, _| {}).expect("fsck").problems
+        let r = self.store().fsck(&|_, _| {}).expect("fsck");
+        let listed: Vec<u64> = r.damaged_objects.iter().map(|o| o.id).collect();
+        let named: Vec<u64> = r
+            .problems
+            .iter()
+            .filter_map(|p| p.strip_prefix("object ")?.split_once(' ').and_then(|(id, _)| id.parse().ok()))
+            .collect();
+        assert_eq!(listed, named, "damaged_objects lists the objects the problems name: {:?}", r.problems);
+        r.problems
     }
 }
 
@@ -262,14 +272,19 @@ fn issue_12_pg_cat_stops_at_a_composite_whose_hash_was_changed() {
         "UPDATE atoms SET content_hash = set_byte(content_hash, 0, get_byte(content_hash, 0) # 1) WHERE content_hash = $1",
         &[&a_root.0.as_slice()],
     );
+    let mut changed = a_root;
+    changed.0[0] ^= 1;
     match f.cat(&a_root) {
-        (out, Err(StoreError::Damaged { expected, location, byte: Some(0), .. })) => {
+        (out, Err(StoreError::Damaged { expected, found, location, byte: Some(0), .. })) => {
             assert!(out.is_empty());
-            assert_eq!(expected, a_root.to_hex());
+            assert_eq!((expected, found), (a_root.to_hex(), changed.to_hex()));
+            assert!(location.contains(&row(&path[0].0.key)), "names the root's row: {location}");
             assert!(location.contains(&format!("object {}", a.id)), "{location}");
         }
         (_, r) => panic!("expected damage at the root, got {r:?}"),
     }
+    let problems = f.fsck_problems();
+    assert_eq!(problems_of(&problems, a.id).len(), 1, "{problems:?}");
     assert_exact(&f, &t.root.expect("root"), &t_data);
 }
 

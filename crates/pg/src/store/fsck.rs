@@ -6,9 +6,9 @@ use std::io::Write;
 use deadpool_postgres::Object;
 use hart_core::atom::leaf_hash;
 use hart_core::{Hash, LEAF_MAX};
-use hart_store::{FsckReport, StoreError};
+use hart_store::{DamagedObject, FsckReport, StoreError};
 
-use super::read::{key_of_hash, walk};
+use super::read::{key_of_hash, root_not_stored, walk};
 use super::{hash_of, modality_of, object_info, DbError, DbResult, Partitions, OBJECTS};
 
 /// A writer that hashes what goes through it.
@@ -31,8 +31,8 @@ pub(super) async fn fsck(c: &Object, parts: &Partitions, progress: &dyn Fn(u64, 
     c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL statement_timeout = 0").await?;
     let r = async {
         // References recounted from scratch: one per distinct child of each composite, one per
-        // live object on its root.
-        let rows = c.query("SELECT content_hash, stored, recount FROM hart_refcount_mismatches(100)", &[]).await?;
+        // live object on its root. Every mismatch is listed (no cap), as every pack below.
+        let rows = c.query("SELECT content_hash, stored, recount FROM hart_refcount_mismatches(NULL)", &[]).await?;
         for r in rows {
             if r.get::<_, Option<String>>(0).is_none() {
                 report.problems.push(format!("{} reference(s) to an atom that is not stored", r.get::<_, i64>(2)));
@@ -46,7 +46,7 @@ pub(super) async fn fsck(c: &Object, parts: &Partitions, progress: &dyn Fn(u64, 
             }
         }
         // Packs compared with the values of their children (migration 0012).
-        for r in c.query("SELECT content_hash FROM hart_pack_mismatches(100)", &[]).await? {
+        for r in c.query("SELECT content_hash FROM hart_pack_mismatches(NULL)", &[]).await? {
             report.problems.push(format!(
                 "composite {}: its pack differs from its children's values (reads fall back to the children)",
                 r.get::<_, String>(0)
@@ -86,36 +86,37 @@ pub(super) async fn fsck(c: &Object, parts: &Partitions, progress: &dyn Fn(u64, 
             progress(i as u64, n);
             let (info, _) = object_info(row)?;
             let root = info.root.expect("completed object has a root");
-            let Some(key) = key_of_hash(c, &root).await? else {
-                report.problems.push(format!("object {} ({}): root {root} is not stored", info.id, info.uri));
-                continue;
-            };
             let mut w = HashingWriter(blake3::Hasher::new(), 0);
-            match walk(&[c], parts, key, &root, &mut w).await {
+            let walked = match key_of_hash(c, &root).await? {
+                Some(key) => walk(&[c], parts, key, &root, &mut w).await,
+                None => Err(root_not_stored(c, parts, &root).await?.into()),
+            };
+            let damage = match walked {
                 Ok(_) => {
                     let got = Hash(*w.0.finalize().as_bytes());
-                    if Some(got) != info.source_hash || w.1 != info.size {
-                        report.problems.push(format!(
-                            "object {} ({}): rebuilt {} bytes hashing to {got}, expected {} bytes hashing to {}",
-                            info.id,
-                            info.uri,
+                    (Some(got) != info.source_hash || w.1 != info.size).then(|| {
+                        format!(
+                            "rebuilt {} bytes hashing to {got}, expected {} bytes hashing to {}",
                             w.1,
                             info.size,
                             info.source_hash.map_or_else(|| "(no source hash recorded)".into(), |h| h.to_hex())
-                        ));
-                    }
+                        )
+                    })
                 }
                 // The walk verifies the tree (read.rs): damage names the atom and where it is.
-                Err(DbError::Store(StoreError::Damaged { expected, found, location, what, byte })) => {
-                    report.problems.push(format!(
-                        "object {} ({}): damaged at {location}: {what} (expected hash {expected}, found {found}); \
-                         its bytes from byte {} on cannot be read",
-                        info.id,
-                        info.uri,
-                        byte.unwrap_or(0)
-                    ))
+                Err(DbError::Store(StoreError::Damaged { expected, found, location, what, byte })) => Some(format!(
+                    "damaged at {location}: {what} (expected hash {expected}, found {found}); \
+                     its bytes from byte {} on cannot be read",
+                    byte.unwrap_or(0)
+                )),
+                Err(e) => {
+                    report.problems.push(format!("object {} ({}): {e}", info.id, info.uri));
+                    None
                 }
-                Err(e) => report.problems.push(format!("object {} ({}): {e}", info.id, info.uri)),
+            };
+            if let Some(damage) = damage {
+                report.problems.push(format!("object {} ({}): {damage}", info.id, info.uri));
+                report.damaged_objects.push(DamagedObject { id: info.id, uri: info.uri.clone(), damage });
             }
             report.objects_checked += 1;
             report.bytes_reconstructed += w.1;

@@ -680,27 +680,37 @@ async fn suspect(
     Ok(None)
 }
 
-/// The error for a root that no atom row has: damage when a live object names it (its root's
-/// row is gone, or its content_hash was changed), else "not found".
-pub(super) async fn root_not_stored(c: &Object, root: &Hash) -> DbResult<StoreError> {
+/// The error for a root that no atom row has by its hash: damage when a live object names it
+/// (naming the row at the object's root key, whose content_hash was changed, or saying it is
+/// gone), else "not found".
+pub(super) async fn root_not_stored(c: &Object, parts: &Partitions, root: &Hash) -> DbResult<StoreError> {
     let row = c
         .query_opt(
-            "SELECT l.id FROM ingestion_log l JOIN objects o ON o.ingestion_id = l.id
-             WHERE l.root_hash = $1 AND l.status = 'completed'
+            "SELECT l.id, o.root_h_xy, o.root_h_yz, o.root_h_zm FROM ingestion_log l
+             JOIN objects o ON o.ingestion_id = l.id
+             WHERE l.root_hash = $1 AND l.status = 'completed' AND o.deleted_at IS NULL
                AND NOT EXISTS (SELECT FROM ingestion_removed r WHERE r.ingestion_id = l.id)
              ORDER BY l.id LIMIT 1",
             &[&root.0.as_slice()],
         )
         .await?;
-    Ok(match row {
-        Some(r) => StoreError::Damaged {
-            expected: root.to_hex(),
-            found: "no atoms row with this content_hash".into(),
-            location: format!("the root atom of object {}", r.get::<_, i64>(0)),
-            what: "the object's root atom is not stored, or its row's content_hash is damaged".into(),
-            byte: Some(0),
+    let Some(r) = row else { return Ok(StoreError::NotFound { what: "atom", id: root.to_hex() }) };
+    let id: i64 = r.get(0);
+    let key = HilbertKey {
+        h_xy: r.get::<_, i64>(1) as u64,
+        h_yz: r.get::<_, i64>(2) as u64,
+        h_zm: r.get::<_, i64>(3) as u64,
+    };
+    let found = rows_at(&[c], parts, &[key], "a.content_hash").await?;
+    Ok(StoreError::Damaged {
+        expected: root.to_hex(),
+        found: match found.row(0) {
+            Some(r) => hash_of(r.get(FOUND_COLS))?.to_hex(),
+            None => "nothing (no row at the object's root key)".into(),
         },
-        None => StoreError::NotFound { what: "atom", id: root.to_hex() },
+        location: format!("{}, the root of object {id}", row_name(parts, key)),
+        what: "the object's root row does not record the object's root hash (its content_hash is damaged, or the row is gone)".into(),
+        byte: Some(0),
     })
 }
 
