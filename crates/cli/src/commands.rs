@@ -23,6 +23,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Rm { ids } => rm(cli, ids),
         Command::Gc => gc(cli),
         Command::Fsck { repair } => fsck(cli, *repair),
+        Command::Repair { from } => repair(cli, from),
         Command::Bench(args) => crate::bench::run(cli, args),
         Command::Db(c) => db(cli, c),
         Command::Sync(args) => crate::sync::run(cli, args),
@@ -473,43 +474,58 @@ fn gc(cli: &Cli) -> Result<u8> {
     Ok(0)
 }
 
+/// Rebuild an embedded store's derived files from its log, reading past damage (`fsck
+/// --repair`, `repair`), and say what it could not keep.
+fn repair_store(cli: &Cli) -> Result<EmbeddedStore> {
+    if database(cli)?.is_some() {
+        return Err(user(
+            "`fsck --repair` rebuilds an embedded store's derived files; PostgreSQL keeps no derived \
+             files of its own (use its own tools: REINDEX, pg_amcheck)",
+            exit::USAGE,
+        ));
+    }
+    let dir = store_dir(cli);
+    let context = || format!("cannot repair the store at {}", dir.display());
+    before_writing(&dir, Access::Write).with_context(context)?;
+    // What the store held before, to name what the rebuild could not keep.
+    let before: Vec<ObjectInfo> =
+        EmbeddedStore::open_with(&dir, OpenOptions { read_only: true, ..OpenOptions::default() })
+            .and_then(|s| s.objects())
+            .unwrap_or_default();
+    let start = Instant::now();
+    let s = EmbeddedStore::open_with(&dir, OpenOptions { rebuild: true, ..OpenOptions::default() })
+        .with_context(context)?;
+    for note in s.open_notes() {
+        errln!("repair: {note} ({:.2}s)", start.elapsed().as_secs_f64());
+    }
+    let after = s.objects()?;
+    for o in before.iter().filter(|o| o.status == Status::Completed) {
+        if !after.iter().any(|a| a.id == o.id && a.status == Status::Completed) {
+            errln!(
+                "repair: object #{} ({}) is damaged beyond what the log still holds: ingest the file again \
+                 (`hart repair --from PATH`) to heal it",
+                o.id,
+                o.uri
+            );
+        }
+    }
+    Ok(s)
+}
+
+/// `hart repair [--from PATH…]`: rebuild around damage, ingest good copies (which heals what
+/// they hold), then check.
+fn repair(cli: &Cli, from: &[PathBuf]) -> Result<u8> {
+    drop(repair_store(cli)?);
+    let mut code = 0;
+    if !from.is_empty() {
+        code = ingest(cli, from, None, 0)?;
+    }
+    let f = fsck(cli, false)?;
+    Ok(if f != 0 { f } else { code })
+}
+
 fn fsck(cli: &Cli, repair: bool) -> Result<u8> {
-    let store: Box<dyn Store> = if repair {
-        if database(cli)?.is_some() {
-            return Err(user(
-                "`fsck --repair` rebuilds an embedded store's derived files; PostgreSQL keeps no derived \
-                 files of its own (use its own tools: REINDEX, pg_amcheck)",
-                exit::USAGE,
-            ));
-        }
-        let dir = store_dir(cli);
-        let context = || format!("cannot repair the store at {}", dir.display());
-        before_writing(&dir, Access::Write).with_context(context)?;
-        // What the store held before, to name what the rebuild could not keep.
-        let before: Vec<ObjectInfo> =
-            EmbeddedStore::open_with(&dir, OpenOptions { read_only: true, ..OpenOptions::default() })
-                .and_then(|s| s.objects())
-                .unwrap_or_default();
-        let start = Instant::now();
-        let s = EmbeddedStore::open_with(&dir, OpenOptions { rebuild: true, ..OpenOptions::default() })
-            .with_context(context)?;
-        for note in s.open_notes() {
-            errln!("repair: {note} ({:.2}s)", start.elapsed().as_secs_f64());
-        }
-        let after = s.objects()?;
-        for o in before.iter().filter(|o| o.status == Status::Completed) {
-            if !after.iter().any(|a| a.id == o.id && a.status == Status::Completed) {
-                errln!(
-                    "repair: object #{} ({}) is lost: its records were in the damaged part of the log; ingest the file again",
-                    o.id,
-                    o.uri
-                );
-            }
-        }
-        Box::new(s)
-    } else {
-        open(cli, Access::Read)?
-    };
+    let store: Box<dyn Store> = if repair { Box::new(repair_store(cli)?) } else { open(cli, Access::Read)? };
     let pb = bar(0, "fsck", cli.quiet || cli.json);
     let start = Instant::now();
     let r = store.fsck(&|done, total| {
@@ -533,6 +549,9 @@ fn fsck(cli: &Cli, repair: bool) -> Result<u8> {
             size(r.bytes_reconstructed),
             start.elapsed().as_secs_f64()
         )?;
+        for n in &r.notes {
+            outln!("note: {n}")?;
+        }
         if r.ok() {
             outln!("ok: reference counts, hashes, indexes and objects all agree")?;
         } else {

@@ -132,6 +132,15 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Repair a damaged embedded store: rebuild every derived file from the log (reading past
+    /// damaged frames, as `fsck --repair`), ingest good copies of damaged files (which heals
+    /// the atoms they hold), then check the store as `fsck` does.
+    Repair {
+        /// Files or directories holding good copies of what was damaged (`hart fsck` names
+        /// the objects; `hart ls --all` shows them as failed after a repair).
+        #[arg(long, value_name = "PATH", num_args = 1..)]
+        from: Vec<PathBuf>,
+    },
     /// Measure ingest, cat and lookups against baselines measured in the same run.
     Bench(bench::BenchArgs),
     /// Copy every live object of this store into another (embedded ↔ PostgreSQL) and verify it.

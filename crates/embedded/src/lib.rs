@@ -316,7 +316,7 @@ impl Derived {
             error: None,
         };
         self.state.objects.insert(id, ObjEntry { info, root_off: None });
-        self.state.next_object = self.state.next_object.max(id + 1);
+        self.state.next_object = self.state.next_object.max(id.saturating_add(1));
         Ok(())
     }
 
@@ -1185,7 +1185,11 @@ impl Inner {
     fn fail_damaged_objects(&mut self) -> Result<(), StoreError> {
         let mut damaged = Vec::new();
         for o in self.d.state.objects.values() {
-            let (Status::Completed, Some(root_off), Some(root)) = (o.info.status, o.root_off, o.info.root) else {
+            // Unchanged objects share a completed one's root: the shortcut of a later ingest
+            // must not find them either.
+            let (Status::Completed | Status::Unchanged, Some(root_off), Some(root)) =
+                (o.info.status, o.root_off, o.info.root)
+            else {
                 continue;
             };
             if let Err(read::Failure::Damage(d)) =
@@ -1566,7 +1570,7 @@ impl Store for EmbeddedStore {
         for o in inner.d.state.objects.values() {
             if o.info.status == Status::Completed {
                 s.objects += 1;
-                s.logical_bytes += o.info.size;
+                s.logical_bytes = s.logical_bytes.saturating_add(o.info.size);
             }
         }
         s.dedup_ratio = if s.unique_bytes == 0 { 1.0 } else { s.logical_bytes as f64 / s.unique_bytes as f64 };
