@@ -272,12 +272,17 @@ impl Derived {
             Rec::Leaf { modality, value } => {
                 Modality::from_u8(modality).map_err(|e| corrupt(log.dir(), off, e.to_string()))?;
                 let c = self.state.counters.at(modality);
-                c.leaves -= 1;
-                c.leaf_bytes -= value.len() as u64;
+                let under = || corrupt(log.dir(), off, "gc of an atom the counters do not hold");
+                c.leaves = c.leaves.checked_sub(1).ok_or_else(under)?;
+                c.leaf_bytes = c.leaf_bytes.checked_sub(value.len() as u64).ok_or_else(under)?;
             }
             Rec::Node { modality, children, .. } => {
                 Modality::from_u8(modality).map_err(|e| corrupt(log.dir(), off, e.to_string()))?;
-                self.state.counters.at(modality).composites -= 1;
+                let c = self.state.counters.at(modality);
+                c.composites = c
+                    .composites
+                    .checked_sub(1)
+                    .ok_or_else(|| corrupt(log.dir(), off, "gc of an atom the counters do not hold"))?;
                 let redirects = &self.state.redirects;
                 let mut kids: Vec<u64> = children.map(|c| redirects.get(&c).copied().unwrap_or(c)).collect();
                 kids.sort_unstable();
@@ -293,8 +298,8 @@ impl Derived {
             _ => return Err(corrupt(log.dir(), off, "gc of a record that is not an atom")),
         }
         self.state.refs.insert(off, DEAD);
-        self.state.counters.dead_atoms += 1;
-        self.state.counters.dead_bytes += len as u64;
+        self.state.counters.dead_atoms = self.state.counters.dead_atoms.saturating_add(1);
+        self.state.counters.dead_bytes = self.state.counters.dead_bytes.saturating_add(len as u64);
         Ok(len as u64)
     }
 
