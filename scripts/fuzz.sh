@@ -17,7 +17,7 @@
 # FUZZ_SANITIZER=none builds without AddressSanitizer (faster; the code under test is safe
 # Rust but for its mappings). Exits non-zero if any target crashed.
 #
-# Seeds: `cargo test -p hart-embedded --test fuzz_corpus -- --ignored seed_corpus` (see that
+# Seeds: `cargo run -p hart-embedded --example seed_corpus -- STORE FILES` (see that
 # test) writes seeds cut from a real store to fuzz/seeds/<target>; pass them with
 # FUZZ_EXTRA_CORPUS=crates/embedded/fuzz/seeds to fuzz (and minimize) them too.
 set -euo pipefail
