@@ -18,7 +18,7 @@
 # Rust but for its mappings). Exits non-zero if any target crashed.
 #
 # Seeds: `cargo run -p hart-embedded --example seed_corpus -- STORE FILES` (see that
-# test) writes seeds cut from a real store to fuzz/seeds/<target>; pass them with
+# example) writes seeds cut from a real store to fuzz/seeds/<target>; pass them with
 # FUZZ_EXTRA_CORPUS=crates/embedded/fuzz/seeds to fuzz (and minimize) them too.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
